@@ -1,0 +1,397 @@
+"""The milter adapter: the only module that imports pymilter (`Milter`, `milter`).
+
+Callbacks only collect facts into a TransactionBuilder; at end-of-message the work runs in
+our own ThreadPoolExecutor (Debian's libmilter runs callbacks of one connection on
+different threads of its worker pool, and C-to-Python callbacks from those threads are
+unsafe; see DEPENDENCIES.md) and the resulting Outcome is applied here, on the callback's
+thread, through outcome.apply — the one funnel for replies and edits.
+
+Negotiation: we ask only for the actions outcomes can produce, skip the callbacks we do not
+use (DATA, unknown commands; end-of-header stays because miltertest cannot skip it), want no reply for header and body chunks, keep
+header values' leading space (exact header bytes for later DKIM work), and request our
+macros per stage with setsymlist (pymilter's own symlist helpers are broken on Python 3).
+
+Failure: each callback has one deliberate catch-all that logs the traceback under an error
+id and answers TEMPFAIL 451 4.3.0 (or ACCEPT where the bank says `on_internal_error:
+accept`); an error in a no-reply callback is remembered and answered at end-of-message.
+
+Signals: libmilter's signal thread owns SIGTERM/SIGINT/SIGHUP. SIGUSR1 reloads the
+configuration (a waiting thread takes it with sigwait). After SIGTERM, libmilter stops
+accepting connections and we wait up to `milter.shutdown_grace_s` for messages in flight.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import dataclasses
+import os
+import signal
+import socket
+import threading
+import time
+import traceback
+import uuid
+
+import Milter
+import milter as libmilter
+
+from . import config as config_mod
+from . import log as logmod
+from . import outcome as outcome_mod
+from . import pipeline, policy as policy_mod, report
+from .lookups import LookupFailed
+from .outcome import Action, Outcome, Reply
+from .transaction import Connection, Rcpt, TransactionBuilder, strip_brackets, tmp_dir_for
+
+CONNECT_MACROS = ("{daemon_name}", "{daemon_port}", "{daemon_addr}", "{if_addr}", "{client_addr}",
+                  "{client_port}", "{client_name}", "{client_ptr}", "j")
+ENVFROM_MACROS = ("i", "{auth_type}", "{auth_authen}", "{auth_ssf}", "{tls_version}", "{cipher}")
+EOM_MACROS = ("i",)
+
+# What an Outcome can ask for; derived once, so no action is refused at run time.
+WANTED_ACTIONS = (Milter.ADDHDRS | Milter.CHGHDRS | Milter.ADDRCPT | Milter.DELRCPT
+                  | Milter.QUARANTINE | Milter.SETSYMLIST)
+SKIPPED_STEPS = Milter.P_NODATA | Milter.P_NOUNKNOWN
+NO_REPLY_STEPS = Milter.P_NR_HDR | Milter.P_NR_BODY
+OPTIONAL_PROTOCOL = Milter.P_HDR_LEADSPC
+
+_ANSWER = {Action.CONTINUE: Milter.CONTINUE, Action.REJECT: Milter.REJECT,
+           Action.DISCARD: Milter.DISCARD, Action.TEMPFAIL: Milter.TEMPFAIL}
+
+# Which macro each bank selector needs, and where an admin turns it on.
+_SELECTOR_MACROS = {
+    "daemon_name_policy": ("{daemon_name}", "Postfix: milter_connect_macros and -o milter_macro_daemon_name=NAME "
+                                            "in master.cf; Sendmail: confMILTER_MACROS_CONNECT and Name= in "
+                                            "DAEMON_OPTIONS"),
+    "interface_policy": ("{daemon_port}", "Postfix: add {daemon_port} to milter_connect_macros; Sendmail: add "
+                                          "{daemon_port} to confMILTER_MACROS_CONNECT"),
+}
+
+
+class App:
+    """Process-wide state: the current configuration snapshot, the worker pool, counters."""
+
+    def __init__(self, config, config_path: str):
+        self.config = config
+        self.config_path = config_path
+        s = config.settings["milter"]
+        self.executor = concurrent.futures.ThreadPoolExecutor(max_workers=s["workers"],
+                                                              thread_name_prefix="pymavis-work")
+        self.tmp_dir = tmp_dir_for(config.settings["state_dir"])
+        self._lock = threading.Lock()
+        self._conn_seq = 0
+        self.in_flight = 0
+        self._idle = threading.Condition(self._lock)
+        self.warned_macros: set[str] = set()
+
+    def next_conn_id(self) -> str:
+        with self._lock:
+            self._conn_seq += 1
+            return f"{os.getpid()}-{self._conn_seq:02d}"
+
+    def begin(self):
+        with self._lock:
+            self.in_flight += 1
+
+    def end(self):
+        with self._lock:
+            self.in_flight -= 1
+            if self.in_flight <= 0:
+                self._idle.notify_all()
+
+    def wait_idle(self, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        with self._lock:
+            while self.in_flight > 0:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self._idle.wait(left)
+        return True
+
+    def reload(self):
+        try:
+            new = config_mod.load(self.config_path)
+        except config_mod.ConfigError as exc:
+            logmod.log.error("reload of %s failed, keeping the running configuration:\n%s",
+                             self.config_path, exc)
+            return False
+        self.config = new
+        logmod.setup(new.settings["log"], force_stderr=getattr(self, "force_stderr", False))
+        logmod.log.info("configuration reloaded from %s", self.config_path)
+        return True
+
+    def warn_missing_macro(self, name: str, hint: str):
+        with self._lock:
+            if name in self.warned_macros:
+                return
+            self.warned_macros.add(name)
+        logmod.log.warning("macro %s never arrived from the MTA but a bank selector needs it; %s", name, hint)
+
+
+APP: App | None = None
+
+
+def _guard(stage: str, *, no_reply: bool = False):
+    """The adapter's one catch-all: log with an error id, answer TEMPFAIL (or remember it)."""
+
+    def wrap(method):
+        def guarded(self, *args):
+            try:
+                return method(self, *args)
+            except Exception:  # noqa: BLE001 - the deliberate catch-all; see module doc
+                err_id = uuid.uuid4().hex[:8]
+                mail_id = self.builder.mail_id if self.builder else None
+                self.log.error("internal error %s in %s (mail_id %s):\n%s", err_id, stage, mail_id or "-",
+                               traceback.format_exc().rstrip())
+                if no_reply:
+                    if self.builder is not None:
+                        self.builder.failed = f"internal error {err_id} in {stage}"
+                    return Milter.NOREPLY if self._no_reply(stage) else Milter.CONTINUE
+                return self._answer(outcome_mod.internal_error(mail_id, accept=self._accept_on_error()))
+
+        guarded.__name__ = method.__name__
+        return guarded
+
+    return wrap
+
+
+class PymavisMilter(Milter.Base):
+    def __init__(self):
+        self.app = APP
+        self.config = APP.config       # the snapshot this connection keeps
+        self.conn: Connection | None = None
+        self.conn_id = APP.next_conn_id()
+        self.log = logmod.for_context(self.conn_id)
+        self.builder: TransactionBuilder | None = None
+        self.policy = None
+        self.rcpt_limits: list[int] = []
+        self.messages = 0
+        self._protocol = 0
+        self._actions = 0
+        self._facts = {}
+
+    # --- negotiation -------------------------------------------------------------------
+    def negotiate(self, opts):
+        offered_actions, offered_protocol = opts[0], opts[1]
+        self._actions = opts[0] = offered_actions & WANTED_ACTIONS
+        self._protocol = opts[1] = offered_protocol & (SKIPPED_STEPS | NO_REPLY_STEPS | OPTIONAL_PROTOCOL)
+        opts[2] = opts[3] = 0
+        if self._actions & Milter.SETSYMLIST:
+            self._ctx.setsymlist(Milter.M_CONNECT, " ".join(CONNECT_MACROS))
+            self._ctx.setsymlist(Milter.M_ENVFROM, " ".join(ENVFROM_MACROS))
+            self._ctx.setsymlist(Milter.M_EOM, " ".join(EOM_MACROS))
+        return Milter.CONTINUE
+
+    def _no_reply(self, stage: str) -> bool:
+        bit = {"header": Milter.P_NR_HDR, "body": Milter.P_NR_BODY}.get(stage, 0)
+        return bool(self._protocol & bit)
+
+    def _macros(self, names) -> dict:
+        out = {}
+        for name in names:
+            value = self.getsymval(name)
+            if value is not None:
+                out[name] = value
+        return out
+
+    def _accept_on_error(self) -> bool:
+        policy = self.policy or policy_mod.merge(self.config, ())
+        return policy.on_internal_error == "accept"
+
+    def _answer(self, outcome: Outcome):
+        return _ANSWER[outcome_mod.apply(outcome, self, leading_space=self._leadspc)]
+
+    @property
+    def _leadspc(self) -> bool:
+        return bool(self._protocol & Milter.P_HDR_LEADSPC)
+
+    # --- callbacks ---------------------------------------------------------------------
+    @_guard("connect")
+    def connect(self, hostname, family, hostaddr):
+        macros = self._macros(CONNECT_MACROS)
+        ip = port = None
+        if family in (socket.AF_INET, socket.AF_INET6) and isinstance(hostaddr, tuple):
+            ip, port = hostaddr[0], hostaddr[1]
+        ip = macros.get("{client_addr}") or ip
+        if macros.get("{client_port}", "").isdigit():
+            port = int(macros["{client_port}"])
+        for setting, (macro, hint) in _SELECTOR_MACROS.items():
+            if self.config.settings[setting] and macro not in macros:
+                self.app.warn_missing_macro(macro, hint)
+        self.conn = Connection(self.conn_id, ip, port, macros.get("{client_name}") or hostname, None,
+                               tuple(sorted(macros.items())), time.time())
+        return Milter.CONTINUE
+
+    @_guard("helo")
+    def hello(self, name):
+        if self.conn is not None:
+            self.conn = dataclasses.replace(self.conn, helo=name)
+        return Milter.CONTINUE
+
+    @_guard("envfrom")
+    def envfrom(self, mail_from, *params):
+        self._reset()
+        self.messages += 1
+        ctx_id = self.conn_id if self.messages == 1 else f"{self.conn_id}-{self.messages}"
+        self.log = logmod.for_context(ctx_id)
+        macros = self._macros(ENVFROM_MACROS)
+        conn = self.conn or Connection(ctx_id, None, None, None, None, (), time.time())
+        s = self.config.settings
+        self.builder = TransactionBuilder(conn, mail_from, params, macros,
+                                          s["milter"]["spool_memory_bytes"], self.app.tmp_dir)
+        self.app.begin()
+        conn_macros = dict(conn.macros)
+        port = conn_macros.get("{daemon_port}")
+        facts = policy_mod.SelectionFacts(
+            daemon_name=conn_macros.get("{daemon_name}"),
+            daemon_port=int(port) if port and port.isdigit() else None,
+            client_ip=conn.client_ip,
+            auth_authen=macros.get("{auth_authen}"),
+            sender=self.builder.mail_from or None,
+        )
+        try:
+            self.policy = policy_mod.select(self.config, facts)
+        except LookupFailed as exc:
+            self.log.warning("bank selection lookup failed: %s", exc)
+            return self._answer(Outcome(Action.TEMPFAIL, Reply("451", "4.3.0", "Temporary lookup failure")))
+        return Milter.CONTINUE
+
+    @_guard("envrcpt")
+    def envrcpt(self, to, *params):
+        if self.builder is None:
+            return Milter.TEMPFAIL
+        addr = strip_brackets(to)
+        try:
+            limit = self.policy.rcpt_value("message_size_limit", addr)
+        except LookupFailed as exc:
+            self.log.warning("lookup for <%s> failed: %s", addr, exc)
+            return self._answer(Outcome(Action.TEMPFAIL, Reply("451", "4.3.0", "Temporary lookup failure")))
+        declared = self.builder.declared_size
+        if limit and declared is not None and declared > limit:
+            self.log.info("RCPT <%s> refused: declared SIZE %d > message_size_limit %d", addr, declared, limit)
+            return self._answer(Outcome(Action.REJECT, Reply(
+                "552", "5.3.4", f"Message size ({declared} bytes) exceeds the size limit ({limit}) of this recipient")))
+        self.builder.rcpts.append(Rcpt(to, addr, tuple(params)))
+        self.rcpt_limits.append(limit)
+        # Past every recipient's limit the message is OVERSIZED for all: stop storing bytes.
+        if all(self.rcpt_limits):
+            self.builder.store_limit = max(self.rcpt_limits)
+        else:
+            self.builder.store_limit = None
+        return Milter.CONTINUE
+
+    @_guard("header", no_reply=True)
+    def header_bytes(self, name, value):
+        # pymilter calls header_bytes with the raw value; we keep bytes for exact reconstruction
+        if self.builder is not None:
+            sep = b":" if self._leadspc else b": "
+            raw = name.encode("ascii", "surrogateescape") + sep + value.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n") + b"\r\n"
+            text = value.decode("utf-8", "surrogateescape")
+            self.builder.add_header(name, text, raw)
+        return Milter.NOREPLY if self._no_reply("header") else Milter.CONTINUE
+
+    @_guard("eoh")
+    def eoh(self):
+        if self.builder is not None and not self.builder.headers_done:
+            self.builder.end_of_headers()
+        return Milter.CONTINUE
+
+    @_guard("body", no_reply=True)
+    def body(self, chunk):
+        if self.builder is not None:
+            if not self.builder.headers_done:
+                self.builder.end_of_headers()
+            self.builder.add_body(chunk)
+        return Milter.NOREPLY if self._no_reply("body") else Milter.CONTINUE
+
+    @_guard("eom")
+    def eom(self):
+        builder = self.builder
+        if builder is None:
+            return Milter.TEMPFAIL
+        if not builder.headers_done:
+            builder.end_of_headers()
+        macros = self._macros(EOM_MACROS)
+        txn = builder.freeze(macros.get("i") or builder.macros.get("i"), macros)
+        self.log = logmod.for_context(self.log.extra["ctx"])
+        if builder.failed:
+            self.log.error("answering TEMPFAIL for mail_id %s: %s", txn.mail_id, builder.failed)
+            return self._answer(outcome_mod.internal_error(txn.mail_id, accept=self._accept_on_error()))
+        deadline = self.config.settings["milter"]["scan_deadline_s"]
+        try:
+            future = self.app.executor.submit(pipeline.process, self.config, self.policy, txn)
+            try:
+                result = future.result(timeout=deadline)
+            except concurrent.futures.TimeoutError:
+                self.log.error("mail_id %s: checks did not finish within scan_deadline_s=%s; TEMPFAIL",
+                               txn.mail_id, deadline)
+                return self._answer(Outcome(Action.TEMPFAIL, Reply(
+                    "451", "4.7.1", f"Content check took too long, try again later, id={txn.mail_id}")))
+            action = self._answer(result.outcome)
+            elapsed = (time.monotonic() - txn.started) * 1000
+            for line in report.main_lines(txn, self.policy, result.outcome, elapsed):
+                self.log.info("%s", line)
+            if result.outcome.notify_sender:
+                self.log.info("mail_id %s: sender notice owed for %s (notifications come with quarantine)",
+                              txn.mail_id, ",".join(result.outcome.notify_sender))
+            return action
+        finally:
+            self._reset()
+
+    @_guard("abort")
+    def abort(self):
+        self._reset()
+        return Milter.CONTINUE
+
+    @_guard("close")
+    def close(self):
+        self._reset()
+        return Milter.CONTINUE
+
+    def _reset(self):
+        if self.builder is not None:
+            self.builder.close()
+            self.app.end()
+        self.builder = None
+        self.rcpt_limits = []
+
+
+def _reload_waiter(app: App):
+    while True:
+        signal.sigwait({signal.SIGUSR1})
+        app.reload()
+
+
+def libmilter_socket(spec: str) -> str:
+    """Accept Postfix-style 'inet:HOST:PORT' as well as libmilter's 'inet:PORT@HOST'."""
+    kind, _, rest = spec.partition(":")
+    if kind in ("inet", "inet6") and "@" not in rest and ":" in rest:
+        host, _, port = rest.rpartition(":")
+        return f"{kind}:{port}@{host.strip('[]')}"
+    if kind == "unix" or kind == "local":
+        return spec
+    return spec
+
+
+def run(config, config_path: str, socket_spec: str | None = None, *, force_stderr: bool = False) -> int:
+    global APP
+    logmod.setup(config.settings["log"], force_stderr=force_stderr)
+    APP = App(config, config_path)
+    APP.force_stderr = force_stderr
+    s = config.settings["milter"]
+    spec = libmilter_socket(socket_spec or s["socket"])
+    # Block USR1 before libmilter starts its threads, so only our waiter ever takes it.
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGUSR1})
+    threading.Thread(target=_reload_waiter, args=(APP,), name="pymavis-reload", daemon=True).start()
+    Milter.factory = PymavisMilter
+    libmilter.setbacklog(s["backlog"])
+    logmod.log.info("pymavis starting on %s (config %s, %d workers)", spec, config_path, s["workers"])
+    Milter.runmilter("pymavis", spec, timeout=s["timeout"])
+    logmod.log.info("stopping: waiting up to %ss for %d message(s) in flight", s["shutdown_grace_s"], APP.in_flight)
+    if not APP.wait_idle(s["shutdown_grace_s"]):
+        logmod.log.warning("shutdown grace period over with %d message(s) in flight; the MTA keeps them",
+                           APP.in_flight)
+    APP.executor.shutdown(wait=False, cancel_futures=True)
+    logmod.log.info("pymavis stopped")
+    return 0

@@ -1,0 +1,117 @@
+"""The `pymavis` command: run the milter, check a configuration, print the version.
+
+Exit codes: 0 success, 1 configuration errors (each printed as FILE:LINE: message),
+2 usage errors (argparse).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from . import __version__
+
+_CHECKOUT_CONFIG = os.path.normpath(os.path.join(os.path.dirname(__file__), "..", "..", "policies", "pymavis.yaml"))
+SYSTEM_CONFIG = "/etc/pymavis/pymavis.yaml"
+
+
+def default_config() -> str:
+    """$PYMAVIS_CONFIG, else the checkout's policies/pymavis.yaml, else /etc/pymavis/pymavis.yaml."""
+    env = os.environ.get("PYMAVIS_CONFIG")
+    if env:
+        return env
+    if os.path.exists(_CHECKOUT_CONFIG):
+        return _CHECKOUT_CONFIG
+    return SYSTEM_CONFIG
+
+
+def _load_or_report(path: str):
+    from .config import ConfigError, load
+    try:
+        return load(path)
+    except ConfigError as exc:
+        for line in exc.errors:
+            print(line, file=sys.stderr)
+        print(f"{len(exc.errors)} error(s) in the configuration", file=sys.stderr)
+        return None
+
+
+def cmd_milter(args) -> int:
+    config = _load_or_report(args.config)
+    if config is None:
+        return 1
+    state_dir = config.settings["state_dir"]
+    try:
+        os.makedirs(state_dir, exist_ok=True)
+    except OSError as exc:
+        print(f"cannot create state_dir {state_dir}: {exc.strerror}", file=sys.stderr)
+        return 1
+    if not args.foreground:
+        _daemonize(os.path.join(state_dir, "pymavis.pid"))
+    from . import adapter  # imports pymilter; keep other subcommands free of it
+    return adapter.run(config, os.path.abspath(args.config), args.socket, force_stderr=args.foreground and args.stderr)
+
+
+def _daemonize(pidfile: str):
+    if os.fork() > 0:
+        os._exit(0)
+    os.setsid()
+    if os.fork() > 0:
+        os._exit(0)
+    with open(os.devnull, "rb") as dn_in, open(os.devnull, "ab") as dn_out:
+        os.dup2(dn_in.fileno(), 0)
+        os.dup2(dn_out.fileno(), 1)
+        os.dup2(dn_out.fileno(), 2)
+    with open(pidfile, "w") as fh:
+        fh.write(f"{os.getpid()}\n")
+
+
+def cmd_check_config(args) -> int:
+    config = _load_or_report(args.config)
+    if config is None:
+        return 1
+    banks = ", ".join(sorted(config.banks)) or "none"
+    print(f"{config.path}: OK (banks: {banks})")
+    return 0
+
+
+def cmd_version(args) -> int:
+    print(f"pymavis {__version__}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="pymavis", description="Mail content filter speaking the milter protocol.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def with_config(p):
+        p.add_argument("-c", "--config", default=default_config(),
+                       help="main configuration file (default: %(default)s)")
+        return p
+
+    p = with_config(sub.add_parser("milter", help="run the milter service",
+                                   description="Run the milter service. SIGUSR1 reloads the configuration; "
+                                               "SIGTERM stops after messages in flight are done."))
+    p.add_argument("--socket", metavar="SPEC",
+                   help="listen here instead of milter.socket: inet:HOST:PORT, inet:PORT@HOST, unix:/path")
+    p.add_argument("--foreground", action="store_true", help="stay in the foreground (for systemd and make run)")
+    p.add_argument("--stderr", action="store_true", help="with --foreground: log to stderr whatever log.target says")
+    p.set_defaults(func=cmd_milter)
+
+    p = with_config(sub.add_parser("check-config", help="validate the configuration and print every error",
+                                   description="Validate the configuration; print every error; exit 1 on any."))
+    p.set_defaults(func=cmd_check_config)
+
+    p = sub.add_parser("version", help="print the version", description="Print the version.")
+    p.set_defaults(func=cmd_version)
+    return parser
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

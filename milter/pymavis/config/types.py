@@ -1,0 +1,219 @@
+"""Value types for configuration settings: each converts a YAML value or says why not.
+
+A type's `convert(value, ctx)` returns the value the running code uses (for lookup
+settings, a built `LookupChain`) or raises `SettingError` with a message and the path
+inside the value that is wrong, so the loader can point at the right YAML line.
+"""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass
+
+from pymavis import lookups
+
+
+class SettingError(ValueError):
+    def __init__(self, message: str, path: tuple = ()):
+        super().__init__(message)
+        self.path = tuple(path)
+
+
+@dataclass(frozen=True)
+class ConvertContext:
+    base_dir: str  # relative file names in lookups resolve against this
+
+
+def suggest(word: str, choices) -> str:
+    close = difflib.get_close_matches(str(word), [str(c) for c in choices], n=1, cutoff=0.75)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def _type_name(value) -> str:
+    return {bool: "a boolean", int: "a number", float: "a number", str: "a string",
+            list: "a list", dict: "a mapping", type(None): "null"}.get(type(value), type(value).__name__)
+
+
+class Type:
+    nullable = False
+
+    def convert(self, value, ctx: ConvertContext):
+        raise NotImplementedError
+
+    def describe(self) -> str:
+        raise NotImplementedError
+
+
+class Bool(Type):
+    def convert(self, value, ctx):
+        if isinstance(value, bool):
+            return value
+        raise SettingError(f"expected true or false, got {_type_name(value)} {value!r}")
+
+    def describe(self):
+        return "true or false"
+
+
+def bool_from_text(value):
+    """Booleans as they come from amavis-style files: 1/0, yes/no, true/false."""
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("1", "yes", "true", "y", "on"):
+        return True
+    if text in ("0", "no", "false", "n", "off"):
+        return False
+    raise ValueError(f"expected a boolean (true/false, yes/no, 1/0), got {value!r}")
+
+
+def int_from_text(value, minimum=None):
+    if isinstance(value, bool):
+        raise ValueError(f"expected a whole number, got {value!r}")
+    try:
+        number = int(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"expected a whole number, got {value!r}") from None
+    if minimum is not None and number < minimum:
+        raise ValueError(f"must be at least {minimum}, got {number}")
+    return number
+
+
+@dataclass(frozen=True)
+class Int(Type):
+    minimum: int | None = None
+    maximum: int | None = None
+    nullable: bool = False
+
+    def convert(self, value, ctx):
+        if value is None and self.nullable:
+            return None
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise SettingError(f"expected a whole number, got {_type_name(value)} {value!r}")
+        if self.minimum is not None and value < self.minimum:
+            raise SettingError(f"must be at least {self.minimum}, got {value}")
+        if self.maximum is not None and value > self.maximum:
+            raise SettingError(f"must be at most {self.maximum}, got {value}")
+        return value
+
+    def describe(self):
+        return "a whole number"
+
+
+@dataclass(frozen=True)
+class Float(Type):
+    minimum: float | None = None
+
+    def convert(self, value, ctx):
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise SettingError(f"expected a number, got {_type_name(value)} {value!r}")
+        if self.minimum is not None and value < self.minimum:
+            raise SettingError(f"must be at least {self.minimum}, got {value}")
+        return float(value)
+
+    def describe(self):
+        return "a number"
+
+
+@dataclass(frozen=True)
+class Str(Type):
+    nullable: bool = False
+    nonempty: bool = False
+
+    def convert(self, value, ctx):
+        if value is None and self.nullable:
+            return None
+        if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+            raise SettingError(f"expected a string, got {_type_name(value)} {value!r}")
+        value = str(value)
+        if self.nonempty and not value:
+            raise SettingError("must not be empty")
+        return value
+
+    def describe(self):
+        return "a string" + (" or null" if self.nullable else "")
+
+
+@dataclass(frozen=True)
+class Enum(Type):
+    choices: tuple
+
+    def convert(self, value, ctx):
+        if value not in self.choices:
+            raise SettingError(f"expected one of {', '.join(self.choices)}, got {value!r}"
+                               + suggest(value, self.choices))
+        return value
+
+    def describe(self):
+        return "one of " + ", ".join(self.choices)
+
+
+@dataclass(frozen=True)
+class StrList(Type):
+    def convert(self, value, ctx):
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise SettingError(f"expected a list of strings, got {_type_name(value)}")
+        return tuple(value)
+
+    def describe(self):
+        return "a list of strings"
+
+
+@dataclass(frozen=True)
+class StrMap(Type):
+    """A mapping whose keys come from `keys` (if given) and whose values are of `value`."""
+
+    value: Type
+    keys: tuple | None = None
+    key_type: type = str
+
+    def convert(self, value, ctx):
+        if value is None:
+            return {}
+        if not isinstance(value, dict):
+            raise SettingError(f"expected a mapping, got {_type_name(value)}")
+        out = {}
+        for key, item in value.items():
+            if self.keys is not None and key not in self.keys:
+                raise SettingError(f"unknown key {key!r}{suggest(key, self.keys)}; known: "
+                                   + ", ".join(self.keys), (key,))
+            if self.key_type is int:
+                if isinstance(key, bool) or not isinstance(key, int):
+                    try:
+                        key = int(str(key))
+                    except ValueError:
+                        raise SettingError(f"key {key!r} must be a port number", (key,)) from None
+            else:
+                key = str(key)
+            try:
+                out[key] = self.value.convert(item, ctx)
+            except SettingError as exc:
+                raise SettingError(str(exc), (key,) + exc.path) from None
+        return out
+
+    def describe(self):
+        return "a mapping"
+
+
+@dataclass(frozen=True)
+class Lookup(Type):
+    """A per-recipient (kind 'address') or per-client (kind 'ip') lookup chain.
+
+    `value_check` converts each value found in a table (files give strings)."""
+
+    kind: str = "address"
+    value_check: object = None
+
+    def convert(self, value, ctx):
+        try:
+            return lookups.build_chain(value, kind=self.kind, value_check=self.value_check,
+                                       base_dir=ctx.base_dir)
+        except lookups.LookupSpecError as exc:
+            raise SettingError(str(exc), getattr(exc, "path", ())) from None
+
+    def describe(self):
+        return "a lookup (a value, a list, a mapping or a list of tables)"
+
+
+BoolLookup = Lookup("address", bool_from_text)
+SizeLookup = Lookup("address", lambda v: int_from_text(v, minimum=0))
+IpLookup = Lookup("ip", bool_from_text)

@@ -1,0 +1,48 @@
+"""The work of end-of-message, run in our own worker pool (never on libmilter's threads):
+resolve per-recipient settings, run the checks in order, decide per recipient, collapse
+into one Outcome. Pure apart from the checks' own I/O; the adapter applies the result.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+from . import checks as checks_mod
+from .categories import Finding
+from .decide import RcptDecision, decide, resolve_rcpt
+from .outcome import HeaderEdit, Outcome, collapse
+
+
+@dataclass(frozen=True)
+class Result:
+    outcome: Outcome
+    findings: tuple[Finding, ...]
+    checks: tuple
+    timings: tuple   # (stage, ms) pairs
+
+
+def pass_headers(config, policy) -> tuple[HeaderEdit, ...]:
+    if not policy.x_header_line:
+        return ()
+    value = policy.x_header_line.replace("{mydomain}", config.mydomain).replace("{myhostname}", config.myhostname)
+    return (HeaderEdit(policy.x_header_tag, value, "insert"),)
+
+
+def process(config, policy, txn, checks=None) -> Result:
+    timings = []
+    t0 = time.monotonic()
+    rcpt_settings = tuple(resolve_rcpt(policy, r.addr) for r in txn.rcpts)
+    timings.append(("lookups", (time.monotonic() - t0) * 1000))
+    results = []
+    for check in (checks if checks is not None else checks_mod.CHECKS):
+        t1 = time.monotonic()
+        result = check(txn, policy, rcpt_settings)
+        results.append(result)
+        timings.append((result.name, (time.monotonic() - t1) * 1000))
+    findings = tuple(f for r in results for f in r.findings)
+    t2 = time.monotonic()
+    decisions: tuple[RcptDecision, ...] = tuple(decide(policy, rs, findings) for rs in rcpt_settings)
+    outcome = collapse(policy, decisions, txn.mail_id, pass_headers(config, policy))
+    timings.append(("decide", (time.monotonic() - t2) * 1000))
+    return Result(outcome, findings, tuple(results), tuple(timings))

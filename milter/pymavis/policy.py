@@ -1,0 +1,121 @@
+"""Choose the policy banks for a transaction and merge them into one frozen Policy.
+
+Selection order (each match appends to the bank path, later banks override earlier ones):
+1. `daemon_name_policy[{daemon_name}]`   (the MTA listener's name)
+2. `interface_policy[{daemon_port}]`     (the MTA listener's port)
+3. `client_ipaddr_policy`: the first entry whose ip lookup matches the client
+4. `mynets_bank` when the client address is in `mynetworks` (implies originating)
+5. `auth_bank` when the client authenticated (`{auth_authen}` present)
+6. `myusers_bank` when the mail is originating and the sender's domain is local
+
+Settings that are mappings (smtp_reason_by_ccat) merge key by key unless the bank lists
+them under `replace:`. Merged policies are cached per bank path inside the Config snapshot.
+A lookup that fails raises `lookups.LookupFailed`; the caller turns it into TEMPFAIL.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from types import MappingProxyType
+
+from pymavis import lookups
+from pymavis.config import Config
+
+
+@dataclass(frozen=True)
+class SelectionFacts:
+    """What bank selection looks at, taken from the connection's macros and envelope."""
+
+    daemon_name: str | None = None
+    daemon_port: int | None = None
+    client_ip: str | None = None
+    auth_authen: str | None = None
+    sender: str | None = None
+
+
+class Policy:
+    """The merged settings of the default bank plus the chosen banks. Read-only."""
+
+    __slots__ = ("bank_path", "_settings")
+
+    def __init__(self, bank_path: tuple, settings: dict):
+        object.__setattr__(self, "bank_path", bank_path)
+        object.__setattr__(self, "_settings", MappingProxyType(settings))
+
+    def __getattr__(self, name):
+        try:
+            return self._settings[name]
+        except KeyError:
+            raise AttributeError(name) from None
+
+    def __setattr__(self, name, value):
+        raise AttributeError("Policy is read-only")
+
+    @property
+    def bank_path_str(self) -> str:
+        return "/".join(self.bank_path) or "DEFAULT"
+
+    def is_local(self, address: str) -> bool:
+        """Whether the address's domain is one of ours (local_domains)."""
+        hit = self.local_domains.lookup_address(address, delimiter=self.recipient_delimiter, is_local=False)
+        return bool(hit and hit.value)
+
+    def rcpt_value(self, name: str, address: str, *, is_local: bool | None = None):
+        """A per-recipient setting's value for `address`; the setting's default when no table answers."""
+        chain = self._settings[name]
+        if is_local is None:
+            is_local = self.is_local(address)
+        hit = chain.lookup_address(address, delimiter=self.recipient_delimiter, is_local=is_local)
+        return hit.value if hit is not None else _FALLBACK.get(name, False)
+
+
+_FALLBACK = {"message_size_limit": 0}
+
+
+def merge(config: Config, bank_path: tuple) -> Policy:
+    cached = config._merged.get(bank_path)
+    if cached is not None:
+        return cached
+    settings = dict(config.default_policy)
+    for name in bank_path:
+        bank = config.banks[name]
+        for key, value in bank.settings.items():
+            if isinstance(value, dict) and key not in bank.replace and isinstance(settings.get(key), dict):
+                settings[key] = {**settings[key], **value}
+            else:
+                settings[key] = value
+    policy = Policy(bank_path, settings)
+    config._merged[bank_path] = policy
+    return policy
+
+
+def select(config: Config, facts: SelectionFacts) -> Policy:
+    """The bank path for these facts, merged. Raises lookups.LookupFailed."""
+    path: list[str] = []
+
+    def add(name):
+        if name and name not in path:
+            path.append(name)
+
+    g = config.settings
+    if facts.daemon_name is not None:
+        add(g["daemon_name_policy"].get(facts.daemon_name))
+    if facts.daemon_port is not None:
+        add(g["interface_policy"].get(facts.daemon_port))
+    if facts.client_ip:
+        for chain, bank in config.client_ipaddr_policy:
+            hit = chain.lookup_ip(facts.client_ip)
+            if hit is not None and hit.value:
+                add(bank)
+                break
+        if g["mynets_bank"]:
+            hit = merge(config, tuple(path)).mynetworks.lookup_ip(facts.client_ip)
+            if hit is not None and hit.value:
+                add(g["mynets_bank"])
+    if facts.auth_authen and g["auth_bank"]:
+        add(g["auth_bank"])
+    if g["myusers_bank"] and facts.sender:
+        current = merge(config, tuple(path))
+        if current.originating and current.is_local(facts.sender):
+            add(g["myusers_bank"])
+    return merge(config, tuple(path))

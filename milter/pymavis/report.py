@@ -1,0 +1,51 @@
+"""The main log line per message, in amavisd-new's spirit:
+
+  (4711-03) Passed CLEAN {RelayedInbound}, [192.0.2.1]:41234 <a@example.org> -> <b@example.com>,
+  Queue-ID: 4Xyz, Message-ID: <m@x>, mail_id: Ab3..., bank: MYNETS, size: 1234, 12 ms
+
+Recipients with different fates get one line per group, like amavis. Untrusted text is
+sanitised before it reaches the log.
+"""
+
+from __future__ import annotations
+
+from .categories import Ccat
+from .outcome import Action, Outcome
+from .sanitize import header_text
+
+_VERB = {"pass": "Passed", "discard": "Blocked", "bounce": "Blocked", "reject": "Blocked", "tempfail": "Blocked"}
+_HOW = {"pass": "Relayed", "discard": "Discarded", "bounce": "Bounced", "reject": "Rejected", "tempfail": "TempFailed"}
+
+
+def direction(policy, rcpt_is_local: bool) -> str:
+    if not policy.originating:
+        return "Inbound"
+    return "Internal" if rcpt_is_local else "Outbound"
+
+
+def main_lines(txn, policy, outcome: Outcome, elapsed_ms: float) -> list[str]:
+    groups: dict[tuple, list[str]] = {}
+    for d in outcome.decisions:
+        destiny = d.destiny
+        if outcome.action is Action.REJECT and destiny != "pass":
+            destiny = "reject"
+        elif outcome.action is Action.TEMPFAIL:
+            destiny = "tempfail"
+        ccat = d.blocking.ccat if d.blocking else d.main
+        tagged = "Tagged" if destiny == "pass" and d.main > Ccat.CLEAN else ""
+        key = (_VERB[destiny], ccat.name, _HOW[destiny] + tagged + direction(policy, policy.is_local(d.rcpt)))
+        groups.setdefault(key, []).append(d.rcpt)
+    if not groups:  # a transaction without decisions (internal error before deciding)
+        groups[("Blocked" if outcome.action is not Action.CONTINUE else "Passed", "MTA",
+                _HOW["tempfail"] + "Inbound")] = [r.addr for r in txn.rcpts]
+    client = f"[{txn.conn.client_ip}]:{txn.conn.client_port}" if txn.conn.client_ip else "[local]"
+    message_id = header_text(txn.header("Message-ID") or "-", 200)
+    lines = []
+    for (verb, ccat, how), rcpts in groups.items():
+        rcpt_list = ",".join(f"<{header_text(r, 300)}>" for r in rcpts)
+        lines.append(
+            f"{verb} {ccat} {{{how}}}, {client} <{header_text(txn.mail_from, 300)}> -> {rcpt_list}, "
+            f"Queue-ID: {txn.queue_id or '-'}, Message-ID: {message_id}, mail_id: {txn.mail_id}, "
+            f"bank: {policy.bank_path_str}, size: {txn.size}, {elapsed_ms:.0f} ms"
+        )
+    return lines
