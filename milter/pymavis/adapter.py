@@ -141,14 +141,18 @@ def _guard(stage: str, *, no_reply: bool = False):
                 return method(self, *args)
             except Exception:  # noqa: BLE001 - the deliberate catch-all; see module doc
                 err_id = uuid.uuid4().hex[:8]
-                mail_id = self.builder.mail_id if self.builder else None
-                self.log.error("internal error %s in %s (mail_id %s):\n%s", err_id, stage, mail_id or "-",
-                               traceback.format_exc().rstrip())
+                mail_id = self.mail_id
                 if no_reply:
+                    self.log.error("internal error %s in %s (mail_id %s), answered at end of message:\n%s",
+                                   err_id, stage, mail_id or "-", traceback.format_exc().rstrip())
                     if self.builder is not None:
                         self.builder.failed = f"internal error {err_id} in {stage}"
                     return Milter.NOREPLY if self._no_reply(stage) else Milter.CONTINUE
-                return self._answer(outcome_mod.internal_error(mail_id, accept=self._accept_on_error()))
+                answer = outcome_mod.internal_error(mail_id, accept=self._accept_on_error())
+                self.log.error("internal error %s in %s (mail_id %s), reply: %s:\n%s", err_id, stage,
+                               mail_id or "-", answer.reply or "accept (on_internal_error)",
+                               traceback.format_exc().rstrip())
+                return self._answer(answer)
 
         guarded.__name__ = method.__name__
         return guarded
@@ -164,6 +168,7 @@ class PymavisMilter(Milter.Base):
         self.conn_id = APP.next_conn_id()
         self.log = logmod.for_context(self.conn_id)
         self.builder: TransactionBuilder | None = None
+        self.mail_id: str | None = None   # of the current (or last) transaction, for error replies
         self.policy = None
         self.rcpt_limits: list[int] = []
         self.messages = 0
@@ -240,6 +245,7 @@ class PymavisMilter(Milter.Base):
         s = self.config.settings
         self.builder = TransactionBuilder(conn, mail_from, params, macros,
                                           s["milter"]["spool_memory_bytes"], self.app.tmp_dir)
+        self.mail_id = self.builder.mail_id
         self.app.begin()
         conn_macros = dict(conn.macros)
         port = conn_macros.get("{daemon_port}")
@@ -381,8 +387,10 @@ def run(config, config_path: str, socket_spec: str | None = None, *, force_stder
     APP.force_stderr = force_stderr
     s = config.settings["milter"]
     spec = libmilter_socket(socket_spec or s["socket"])
-    # Block USR1 before libmilter starts its threads, so only our waiter ever takes it.
-    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGUSR1})
+    # Block these before any thread starts, so every thread inherits the mask: USR1 is taken
+    # only by our waiter, TERM/INT/HUP only by libmilter's signal thread (sigwait). A thread
+    # with them unblocked would let the kernel's default action kill the process.
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGUSR1, signal.SIGTERM, signal.SIGINT, signal.SIGHUP})
     threading.Thread(target=_reload_waiter, args=(APP,), name="pymavis-reload", daemon=True).start()
     Milter.factory = PymavisMilter
     libmilter.setbacklog(s["backlog"])

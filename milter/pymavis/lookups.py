@@ -1,4 +1,4 @@
-"""Lookup tables and chains: amavisd-new's maps (hash, ACL, regexp, IP, constant) as frozen values.
+"""Lookup tables and chains: amavisd-new's hash, ACL, regexp, IP and constant maps as values.
 
 A setting that depends on the recipient, the sender or the client IP is configured as a
 *lookup chain*: tables tried in order, the first table that knows an answer wins (amavis
@@ -251,13 +251,13 @@ class MapTable:
 
 @dataclass(frozen=True)
 class AclTable:
-    entries: tuple  # (kind, pattern, value, entry text)
+    entries: tuple  # ((kind, pattern), value, entry text)
     describe: str = "acl"
 
     def lookup_address(self, address: str, keys: list[str]) -> Hit | None:
         local, domain, _ = _split(address)
         local = local.lower()
-        for kind, pattern, value, text in self.entries:
+        for (kind, pattern), value, text in self.entries:
             if kind == "address":
                 found = (local, domain) == pattern
             elif kind == "mailbox":
@@ -419,7 +419,7 @@ class _Builder:
         if spec is None:
             raise LookupSpecError("empty table in the list; remove it", path)
         if isinstance(spec, str) and self.kind == "ip":
-            return self.cidr([spec], path, f"cidr#{n}", single=True)
+            return CidrTable(self.entries([(spec, path, "")], _parse_network), f"cidr#{n}")
         if isinstance(spec, _SCALARS):
             return ConstantTable(self.check(spec, path), f"constant#{n}")
         if isinstance(spec, list):
@@ -443,8 +443,8 @@ class _Builder:
                                       path + (key,))
         if tk not in _KIND_TABLES[self.kind]:
             use = "cidr" if self.kind == "ip" else "map, acl or regex"
-            raise LookupSpecError(f"a {tk} table cannot do {self.kind} lookups; use {use}",
-                                  path + (tk,))
+            raise LookupSpecError(f"a table of kind {tk!r} cannot do {self.kind} lookups;"
+                                  f" use {use}", path + (tk,))
         body, where = spec[tk], path + (tk,)
         if tk == "constant":
             return ConstantTable(self.check(body, where), f"constant#{n}")
@@ -465,10 +465,10 @@ class _Builder:
             if not isinstance(item, str):
                 raise LookupSpecError(f"an acl or cidr list holds strings only;"
                                       f" item {i} is {item!r}", path + (i,))
+        items = [(item, path + (i,), "") for i, item in enumerate(items)]
         if self.kind == "ip":
-            return self.cidr(items, path, f"cidr#{n}")
-        return self.acl([(item, path + (i,), "") for i, item in enumerate(items)],
-                        f"acl#{n}")
+            return CidrTable(self.entries(items, _parse_network), f"cidr#{n}")
+        return AclTable(self.entries(items, _acl_pattern), f"acl#{n}")
 
     def map(self, spec: dict, path: tuple, describe: str) -> MapTable:
         entries: dict = {}
@@ -492,30 +492,18 @@ class _Builder:
             entries[key] = None if value is None else self.check(value, path + (raw,))
         return MapTable(MappingProxyType(entries), describe)
 
-    def acl(self, items: list, describe: str) -> AclTable:
-        """items: (entry text, spec path, "file:line: " or "")."""
+    def entries(self, items: list, parse: Callable) -> tuple:
+        """(pattern, value, text) for acl/cidr entries, '!' negating; items are
+        (entry text, spec path, "file:line: " or ""), parse(body) -> pattern."""
         entries = []
         for text, path, where in items:
             negated, body = _negation(text)
             try:
-                kind, pattern = _acl_pattern(body)
+                pattern = parse(body)
             except ValueError as e:
                 raise LookupSpecError(f"{where}{e}", path) from None
-            entries.append((kind, pattern, self.check(not negated, path, where), text))
-        return AclTable(tuple(entries), describe)
-
-    def cidr(self, items: list, path: tuple, describe: str, single: bool = False,
-             where: Callable[[int], str] = lambda i: "") -> CidrTable:
-        entries = []
-        for i, text in enumerate(items):
-            at = path if single or where(i) else path + (i,)
-            negated, body = _negation(text)
-            try:
-                net = _parse_network(body)
-            except ValueError as e:
-                raise LookupSpecError(f"{where(i)}{e}", at) from None
-            entries.append((net, self.check(not negated, at, where(i)), text))
-        return CidrTable(tuple(entries), describe)
+            entries.append((pattern, self.check(not negated, path, where), text))
+        return tuple(entries)
 
     def regex(self, spec, path: tuple, describe: str) -> RegexTable:
         if not isinstance(spec, list):
@@ -551,23 +539,20 @@ class _Builder:
             filename = os.path.join(self.base_dir, filename)
         describe = f"file:{filename}"
         lines = _file_lines(filename, where)
+        items = [(text, where, f"{filename}:{n}: ") for n, text in lines]
         if fmt == "hash":
             table = self.hash_file(filename, lines, where, describe)
         elif self.kind == "address":
-            table = self.acl([(text, where, f"{filename}:{n}: ") for n, text in lines], describe)
+            table = AclTable(self.entries(items, _acl_pattern), describe)
         else:
-            table = self.cidr([text for _, text in lines], where, describe,
-                              where=lambda i: f"{filename}:{lines[i][0]}: ")
+            table = CidrTable(self.entries(items, _parse_network), describe)
         return FileTable(filename, fmt, table, describe)
 
     def hash_file(self, filename: str, lines: list, path: tuple, describe: str) -> MapTable:
         entries: dict = {}
         first_line: dict = {}
         for n, text in lines:
-            m = _HASH_LINE_RE.fullmatch(text)
-            if m is None:
-                raise LookupSpecError(f"{filename}:{n}: cannot read 'key value' from {text!r}",
-                                      path)
+            m = _HASH_LINE_RE.fullmatch(text)  # matches: text is stripped, its quotes balance
             key = _map_key(m.group(1))
             if key in entries:
                 raise LookupSpecError(f"{filename}:{n}: duplicate key {m.group(1)!r}"

@@ -1,10 +1,15 @@
 """The work of end-of-message, run in our own worker pool (never on libmilter's threads):
 resolve per-recipient settings, run the checks in order, decide per recipient, collapse
 into one Outcome. Pure apart from the checks' own I/O; the adapter applies the result.
+
+Test hook: when the environment variable PYMAVIS_FAULT_INJECT is set (tests only), a
+message whose Subject contains its value raises here, to prove that an internal error
+answers TEMPFAIL and the MTA keeps the message.
 """
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass
 
@@ -29,7 +34,16 @@ def pass_headers(config, policy) -> tuple[HeaderEdit, ...]:
     return (HeaderEdit(policy.x_header_tag, value, "insert"),)
 
 
+_FAULT_MARKER = os.environ.get("PYMAVIS_FAULT_INJECT")
+
+
+class InjectedFault(RuntimeError):
+    pass
+
+
 def process(config, policy, txn, checks=None) -> Result:
+    if _FAULT_MARKER and _FAULT_MARKER in (txn.header("Subject") or ""):
+        raise InjectedFault(f"fault injected by PYMAVIS_FAULT_INJECT={_FAULT_MARKER!r}")
     timings = []
     t0 = time.monotonic()
     rcpt_settings = tuple(resolve_rcpt(policy, r.addr) for r in txn.rcpts)

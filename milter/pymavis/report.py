@@ -40,12 +40,14 @@ def main_lines(txn, policy, outcome: Outcome, elapsed_ms: float) -> list[str]:
                 _HOW["tempfail"] + "Inbound")] = [r.addr for r in txn.rcpts]
     client = f"[{txn.conn.client_ip}]:{txn.conn.client_port}" if txn.conn.client_ip else "[local]"
     message_id = header_text(txn.header("Message-ID") or "-", 200)
+    reply = f", reply: {outcome.reply}" if outcome.reply else ""
     lines = []
     for (verb, ccat, how), rcpts in groups.items():
         rcpt_list = ",".join(f"<{header_text(r, 300)}>" for r in rcpts)
         lines.append(
             f"{verb} {ccat} {{{how}}}, {client} <{header_text(txn.mail_from, 300)}> -> {rcpt_list}, "
             f"Queue-ID: {txn.queue_id or '-'}, Message-ID: {message_id}, mail_id: {txn.mail_id}, "
-            f"bank: {policy.bank_path_str}, size: {txn.size}, {elapsed_ms:.0f} ms"
+            f"bank: {policy.bank_path_str}, size: {txn.size}{reply if verb == 'Blocked' else ''}, "
+            f"{elapsed_ms:.0f} ms"
         )
     return lines
