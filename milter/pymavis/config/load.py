@@ -127,7 +127,8 @@ def load(path: str) -> Config:
         except SettingError as exc:
             errors.add(src, where + ("ip",) + exc.path, f"client_ipaddr_policy[{i}].ip: {exc}")
 
-    banks = _load_banks(g.get("policy_banks_dir"), base_dir, ctx, errors)
+    banks = _load_banks(g.get("policy_banks_dir"), base_dir, ctx, errors,
+                        required="policy_banks_dir" in raw_globals)
     _check_bank_references(src, g, ip_policy, banks, errors)
 
     if errors.errors:
@@ -139,7 +140,7 @@ def load(path: str) -> Config:
                   myhostname=myhostname, mydomain=mydomain)
 
 
-def _load_banks(banks_dir, base_dir, ctx, errors) -> dict[str, Bank]:
+def _load_banks(banks_dir, base_dir, ctx, errors, *, required: bool) -> dict[str, Bank]:
     banks: dict[str, Bank] = {}
     for name, implied in BUILTIN_BANKS.items():
         banks[name] = Bank(name, "<built-in>", MappingProxyType(dict(implied)))
@@ -148,7 +149,8 @@ def _load_banks(banks_dir, base_dir, ctx, errors) -> dict[str, Bank]:
         return banks
     directory = os.path.join(base_dir, banks_dir)
     if not os.path.isdir(directory):
-        errors.errors.append(f"{directory}: policy_banks_dir is not a directory")
+        if required:
+            errors.errors.append(f"{directory}: policy_banks_dir is not a directory")
         return banks
     for file in sorted(glob.glob(os.path.join(directory, "*.yaml"))):
         try:

@@ -136,8 +136,9 @@ GLOBAL_SETTINGS = _settings(
     Setting("myhostname", Str(nullable=True), None, "this host's name (default: the FQDN)"),
     Setting("mydomain", Str(nullable=True), None, "our domain (default: myhostname minus its first label)"),
     Setting("state_dir", Str(nonempty=True), "/var/lib/pymavis", "spool files, databases, local quarantine"),
-    Setting("policy_banks_dir", Str(nullable=True), None,
-            "directory of *.yaml files defining policy banks (relative to this file)"),
+    Setting("policy_banks_dir", Str(nullable=True), "banks",
+            "directory of *.yaml files defining policy banks (relative to this file); "
+            "the default may be absent, a directory named here must exist"),
     Setting("milter", Section(_MILTER_SETTINGS, MILTER_DEFAULTS), MILTER_DEFAULTS, "the milter service"),
     Setting("log", Section(_LOG_SETTINGS, LOG_DEFAULTS), LOG_DEFAULTS, "logging"),
     Setting("daemon_name_policy", StrMap(Str(nonempty=True)), {},
