@@ -8,3 +8,19 @@ SRC = os.path.join(ROOT, "milter")
 if SRC not in sys.path:
     sys.path.insert(0, SRC)
 CORPUS = os.path.normpath(os.path.join(ROOT, "..", "shared", "corpus"))
+
+
+import shutil
+import tempfile
+from pathlib import Path
+
+import pytest
+
+
+@pytest.fixture(scope="module")
+def public_tmp():
+    """A temp dir the `postfix` user can reach (pytest's tmp_path parents are mode 0700)."""
+    path = Path(tempfile.mkdtemp(prefix="pymavis-test-"))
+    path.chmod(0o755)
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
