@@ -335,6 +335,9 @@ class PymavisMilter(Milter.Base):
                 return self._answer(Outcome(Action.TEMPFAIL, Reply(
                     "451", "4.7.1", f"Content check took too long, try again later, id={txn.mail_id}")))
             action = self._answer(result.outcome)
+            if result.outcome.lookup_error:
+                self.log.warning("mail_id %s: lookup failed (%s); reply: %s", txn.mail_id,
+                                 result.outcome.lookup_error, result.outcome.reply)
             elapsed = (time.monotonic() - txn.started) * 1000
             for line in report.main_lines(txn, self.policy, result.outcome, elapsed):
                 self.log.info("%s", line)

@@ -60,6 +60,7 @@ class Outcome:
     add_rcpts: tuple[str, ...] = ()
     quarantine_reason: str | None = None
     notify_sender: tuple[str, ...] = ()   # recipients whose bounce is owed as a DSN
+    lookup_error: str | None = None       # why a lookup failed, when that decided the outcome
     decisions: tuple[RcptDecision, ...] = field(default=(), compare=False)
 
 

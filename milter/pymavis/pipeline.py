@@ -16,7 +16,8 @@ from dataclasses import dataclass
 from . import checks as checks_mod
 from .categories import Finding
 from .decide import RcptDecision, decide, resolve_rcpt
-from .outcome import HeaderEdit, Outcome, collapse
+from .lookups import LookupFailed
+from .outcome import Action, HeaderEdit, Outcome, Reply, collapse
 
 
 @dataclass(frozen=True)
@@ -46,7 +47,12 @@ def process(config, policy, txn, checks=None) -> Result:
         raise InjectedFault(f"fault injected by PYMAVIS_FAULT_INJECT={_FAULT_MARKER!r}")
     timings = []
     t0 = time.monotonic()
-    rcpt_settings = tuple(resolve_rcpt(policy, r.addr) for r in txn.rcpts)
+    try:
+        rcpt_settings = tuple(resolve_rcpt(policy, r.addr) for r in txn.rcpts)
+    except LookupFailed as exc:
+        # A failed lookup is never "not found": the MTA keeps the message and retries.
+        reply = Reply("451", "4.3.0", f"Temporary lookup failure, id={txn.mail_id}")
+        return Result(Outcome(Action.TEMPFAIL, reply, lookup_error=str(exc)), (), (), ())
     timings.append(("lookups", (time.monotonic() - t0) * 1000))
     results = []
     for check in (checks if checks is not None else checks_mod.CHECKS):

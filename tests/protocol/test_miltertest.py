@@ -7,7 +7,7 @@ from harness.miltertest import results, run_script, transaction
 from harness.pymavisd import PymavisProcess
 
 MAIN = """\
-daemon_name_policy: {ORIGINATING: ORIGINATING}
+daemon_name_policy: {ORIGINATING: ORIGINATING, LENIENT: LENIENT}
 interface_policy: {10587: SUBMISSION}
 log: {level: debug}
 policy:
@@ -18,6 +18,8 @@ BANKS = {
     "banks.yaml": """\
         ORIGINATING:
           originating: true
+        LENIENT:
+          on_internal_error: accept
         SUBMISSION:
           originating: true
           message_size_limit: 1000
@@ -38,8 +40,9 @@ def milter(tmp_path_factory):
 
 
 def run(milter, tmp_path, *, connect=None, rcpts=("<b@example.com>",), body=BODY_SMALL, subject="hi",
-        mail_args=None, checks=""):
+        mail_args=None, checks="", mail_macros=None):
     lua = transaction(milter.libmilter_spec, connect_macros=connect or {}, mail_from="<a@example.org>",
+                      mail_macros=mail_macros,
                       rcpts=list(rcpts), headers=[("From", "a@example.org"), ("Subject", subject)],
                       body=body, mail_args=mail_args, checks=checks)
     out = run_script(lua, tmp_path)
@@ -69,6 +72,19 @@ def test_bank_chosen_from_connect_macros(milter, tmp_path, macros, bank):
     r, out = run(milter, tmp_path, connect=macros)
     assert r["eom"] == "c", out
     assert bank in last_line(milter)
+
+
+def test_auth_bank_from_mail_macros(milter, tmp_path):
+    r, out = run(milter, tmp_path, mail_macros={"i": "QID9", "{auth_authen}": "joe", "{auth_type}": "PLAIN"})
+    assert r["eom"] == "c", out
+    line = last_line(milter)
+    assert "bank: AUTH," in line and "Queue-ID: QID9" in line and "{RelayedInternal}" in line  # AUTH: originating
+
+
+def test_on_internal_error_accept_lets_the_bank_pass_mail(milter, tmp_path):
+    r, out = run(milter, tmp_path, connect={"{daemon_name}": "LENIENT"}, subject="please-crash too")
+    assert r["eom"] == "c", out
+    assert "reply: accept (on_internal_error)" in milter.log_text()
 
 
 def test_submission_bank_header_text(milter, tmp_path):

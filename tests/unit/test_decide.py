@@ -121,3 +121,24 @@ REPLIES = [
 def test_parse_reply(template, expected):
     r = parse_reply(template, {"mail_id": "ID"})
     assert (r.code, r.xcode, r.text) == expected
+
+
+def test_a_failing_lookup_tempfails_the_message(policy):
+    """Found / not found / failed: failed is never read as 'no'."""
+    from types import SimpleNamespace
+
+    from pymavis import pipeline
+    from pymavis.lookups import LookupChain, LookupFailed
+
+    class Broken:
+        describe = "broken"
+
+        def lookup_address(self, address, keys):
+            raise LookupFailed("backend down")
+
+    broken = policy_mod.Policy(("X",), {**policy._settings, "spam_lovers": LookupChain((Broken(),))})
+    txn = SimpleNamespace(mail_id="ID", rcpts=(SimpleNamespace(addr="a@x"),), header=lambda name: None)
+    result = pipeline.process(None, broken, txn)
+    assert result.outcome.action is Action.TEMPFAIL
+    assert str(result.outcome.reply) == "451 4.3.0 Temporary lookup failure, id=ID"
+    assert result.outcome.lookup_error == "backend down"
