@@ -17,7 +17,10 @@ accept`); an error in a no-reply callback is remembered and answered at end-of-m
 
 Signals: libmilter's signal thread owns SIGTERM/SIGINT/SIGHUP. SIGUSR1 reloads the
 configuration (a waiting thread takes it with sigwait). After SIGTERM, libmilter stops
-accepting connections and we wait up to `milter.shutdown_grace_s` for messages in flight.
+accepting connections and lets running callbacks finish: we wait up to
+`milter.shutdown_grace_s` for end-of-message work in flight, whose answers still reach the
+MTA. Sessions between commands are closed by libmilter; the MTA answers those clients per
+its milter_default_action (tempfail), so nothing is lost.
 """
 
 from __future__ import annotations
@@ -246,7 +249,6 @@ class PymavisMilter(Milter.Base):
         self.builder = TransactionBuilder(conn, mail_from, params, macros,
                                           s["milter"]["spool_memory_bytes"], self.app.tmp_dir)
         self.mail_id = self.builder.mail_id
-        self.app.begin()
         conn_macros = dict(conn.macros)
         port = conn_macros.get("{daemon_port}")
         facts = policy_mod.SelectionFacts(
@@ -325,6 +327,7 @@ class PymavisMilter(Milter.Base):
             self.log.error("answering TEMPFAIL for mail_id %s: %s", txn.mail_id, builder.failed)
             return self._answer(outcome_mod.internal_error(txn.mail_id, accept=self._accept_on_error()))
         deadline = self.config.settings["milter"]["scan_deadline_s"]
+        self.app.begin()
         try:
             future = self.app.executor.submit(pipeline.process, self.config, self.policy, txn)
             try:
@@ -346,6 +349,7 @@ class PymavisMilter(Milter.Base):
                               txn.mail_id, ",".join(result.outcome.notify_sender))
             return action
         finally:
+            self.app.end()
             self._reset()
 
     @_guard("abort")
@@ -361,7 +365,6 @@ class PymavisMilter(Milter.Base):
     def _reset(self):
         if self.builder is not None:
             self.builder.close()
-            self.app.end()
         self.builder = None
         self.rcpt_limits = []
 

@@ -2,9 +2,10 @@
 resolve per-recipient settings, run the checks in order, decide per recipient, collapse
 into one Outcome. Pure apart from the checks' own I/O; the adapter applies the result.
 
-Test hook: when the environment variable PYMAVIS_FAULT_INJECT is set (tests only), a
-message whose Subject contains its value raises here, to prove that an internal error
-answers TEMPFAIL and the MTA keeps the message.
+Test hooks (environment, tests only): with PYMAVIS_FAULT_INJECT=MARKER a message whose
+Subject contains MARKER raises here, to prove that an internal error answers TEMPFAIL and
+the MTA keeps the message; with PYMAVIS_SLOW_INJECT=MARKER:SECONDS such a message takes that
+long, to test shutdown with work in flight.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ def pass_headers(config, policy) -> tuple[HeaderEdit, ...]:
 
 
 _FAULT_MARKER = os.environ.get("PYMAVIS_FAULT_INJECT")
+_SLOW_MARKER, _, _SLOW_SECONDS = os.environ.get("PYMAVIS_SLOW_INJECT", "").partition(":")
 
 
 class InjectedFault(RuntimeError):
@@ -45,6 +47,8 @@ class InjectedFault(RuntimeError):
 def process(config, policy, txn, checks=None) -> Result:
     if _FAULT_MARKER and _FAULT_MARKER in (txn.header("Subject") or ""):
         raise InjectedFault(f"fault injected by PYMAVIS_FAULT_INJECT={_FAULT_MARKER!r}")
+    if _SLOW_MARKER and _SLOW_MARKER in (txn.header("Subject") or ""):
+        time.sleep(float(_SLOW_SECONDS or 1))
     timings = []
     t0 = time.monotonic()
     try:

@@ -204,7 +204,11 @@ def test_deferred_mail_waits_in_the_queue_until_the_sink_recovers(postfix_plain,
                          if e["queue_id"] == reply.queue_id and e["queue_name"] == "deferred"),
                         None)
 
-        entry = wait_until(deferred_entry, 30, what="message in the deferred queue")
+        try:
+            entry = wait_until(deferred_entry, 30, what="message in the deferred queue")
+        except TimeoutError:
+            pytest.fail(f"{reply.queue_id} never seen deferred; queue: {postfix_plain.queue()}"
+                        f"\nsink: {sink.messages}\nlog:\n{postfix_plain.log_text()}")
         assert entry["sender"] == SENDER
         [recipient] = entry["recipients"]
         assert recipient["address"] == RCPT
