@@ -148,17 +148,6 @@ class Enum(Type):
 
 
 @dataclass(frozen=True)
-class StrList(Type):
-    def convert(self, value, ctx):
-        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-            raise SettingError(f"expected a list of strings, got {_type_name(value)}")
-        return tuple(value)
-
-    def describe(self):
-        return "a list of strings"
-
-
-@dataclass(frozen=True)
 class StrMap(Type):
     """A mapping whose keys come from `keys` (if given) and whose values are of `value`."""
 
