@@ -74,9 +74,10 @@ _SELECTOR_MACROS = {
 class App:
     """Process-wide state: the current configuration snapshot, the worker pool, counters."""
 
-    def __init__(self, config, config_path: str):
+    def __init__(self, config, config_path: str, *, force_stderr: bool = False):
         self.config = config
         self.config_path = config_path
+        self.force_stderr = force_stderr
         s = config.settings["milter"]
         self.executor = concurrent.futures.ThreadPoolExecutor(max_workers=s["workers"],
                                                               thread_name_prefix="pymavis-work")
@@ -120,7 +121,7 @@ class App:
                              self.config_path, exc)
             return False
         self.config = new
-        logmod.setup(new.settings["log"], force_stderr=getattr(self, "force_stderr", False))
+        logmod.setup(new.settings["log"], force_stderr=self.force_stderr)
         logmod.log.info("configuration reloaded from %s", self.config_path)
         return True
 
@@ -177,7 +178,6 @@ class PymavisMilter(Milter.Base):
         self.messages = 0
         self._protocol = 0
         self._actions = 0
-        self._facts = {}
 
     # --- negotiation -------------------------------------------------------------------
     def negotiate(self, opts):
@@ -389,8 +389,7 @@ def libmilter_socket(spec: str) -> str:
 def run(config, config_path: str, socket_spec: str | None = None, *, force_stderr: bool = False) -> int:
     global APP
     logmod.setup(config.settings["log"], force_stderr=force_stderr)
-    APP = App(config, config_path)
-    APP.force_stderr = force_stderr
+    APP = App(config, config_path, force_stderr=force_stderr)
     s = config.settings["milter"]
     spec = libmilter_socket(socket_spec or s["socket"])
     # Block these before any thread starts, so every thread inherits the mask: USR1 is taken
@@ -400,6 +399,8 @@ def run(config, config_path: str, socket_spec: str | None = None, *, force_stder
     threading.Thread(target=_reload_waiter, args=(APP,), name="pymavis-reload", daemon=True).start()
     Milter.factory = PymavisMilter
     libmilter.setbacklog(s["backlog"])
+    # Should anything escape the adapter's own catch-all, pymilter answers 451 4.3.0.
+    libmilter.set_exception_policy(libmilter.TEMPFAIL)
     logmod.log.info("pymavis starting on %s (config %s, %d workers)", spec, config_path, s["workers"])
     Milter.runmilter("pymavis", spec, timeout=s["timeout"])
     logmod.log.info("stopping: waiting up to %ss for %d message(s) in flight", s["shutdown_grace_s"], APP.in_flight)
