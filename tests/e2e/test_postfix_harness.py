@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from harness.net import free_port, port_is_open, wait_until
+from harness.net import closed_port, free_port, port_is_open, wait_until
 from harness.nullmilter import NullMilterProcess, parse_macro_header
 from harness.postfix import (
     CONTRIB_MAIN_CF,
@@ -102,8 +102,9 @@ def postfix_milter(workdir, sink, null_milter):
 
 @pytest.fixture(scope="module")
 def postfix_dead_milter(workdir, sink):
-    # A port nobody listens on: Postfix's connect to the milter is refused at once.
-    yield from _instance(workdir, "dead-milter", sink, milter=f"inet:127.0.0.1:{free_port()}")
+    # A port that refuses connections: Postfix's connect to the milter fails at once.
+    with closed_port() as port:
+        yield from _instance(workdir, "dead-milter", sink, milter=f"inet:127.0.0.1:{port}")
 
 
 # --- the configuration comes from contrib/postfix ---------------------------------------

@@ -9,9 +9,10 @@ Failure shows as `TimeoutError` naming what was awaited and for how long.
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import time
-from typing import Callable, TypeVar
+from typing import Callable, Iterator, TypeVar
 
 LOOPBACK = "127.0.0.1"
 
@@ -32,6 +33,19 @@ def free_port(host: str = LOOPBACK) -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind((host, 0))
         return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def closed_port(host: str = LOOPBACK) -> Iterator[int]:
+    """A port on which connections are refused, for as long as the context lasts.
+
+    The port stays bound (without listen()), so no other socket can take it meanwhile, and
+    the kernel cannot hand it out as the source port of a connection to itself (a TCP
+    self-connect would "succeed"). A merely free port gives neither guarantee.
+    """
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        yield s.getsockname()[1]
 
 
 def port_is_open(host: str, port: int, timeout: float = 1.0) -> bool:
