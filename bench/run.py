@@ -1,0 +1,924 @@
+"""pymavis benchmark: a real Postfix alone, with the null pymilter milter, and with pymavis,
+measured in the same run, interleaved, and compared.
+
+    make bench                                   # = .venv/bin/python bench/run.py
+    .venv/bin/python bench/run.py --quick        # smoke run: small, nothing written to docs/
+    .venv/bin/python bench/run.py --messages 2000 --concurrency 20 --reps 3
+
+What runs (all on 127.0.0.1, in a temp dir under /tmp, removed at the end):
+  - one `smtp-sink` (Postfix's C test server) that every Postfix relays to, counting messages;
+  - three private Postfix instances built by tests/harness/postfix.py from contrib/postfix
+    (the configuration an admin installs), identical but for smtpd_milters:
+      postfix  no milter,
+      null     tests/harness/nullmilter.py --no-headers (pymilter, answers CONTINUE, changes
+               nothing): the baseline,
+      pymavis  `python -m pymavis milter` with the shipped policies/ (only state_dir moved
+               into the temp dir);
+  - per phase, the load from bench/sender.py (size mix, concurrency, per-message latency;
+    see its docstring) and, as a check on that sender, the same load from `smtp-source`.
+
+Order: a warm-up per variant (not measured), then `reps` repetitions; each repetition runs
+every variant once, the order rotated by one per repetition, so slow drift (page cache,
+disk, a noisy neighbour) spreads over all variants. Each phase starts with an empty queue.
+
+Figures per phase: messages/s (messages / time from release of the senders to the last
+250 after a dot), latency p50/p99 of the SMTP transactions, the milter process's CPU
+(utime+stime from /proc/PID/stat, all threads) per message, its peak RSS (VmHWM from
+/proc/PID/status, reset before each phase by writing 5 to /proc/PID/clear_refs), the whole
+machine's busy CPU per message, the sender's own CPU, and the CPU of processes this run did
+not start ("other load": another job on a 2-core machine halves the figures; the report
+warns). The report gives the median of the repetitions and the ratio against the null milter.
+
+The milters are reached over TCP on 127.0.0.1, as contrib/postfix/main.cf ships it;
+`--milter-socket unix` is a diagnostic (bench/README.md: delayed ACKs on TCP).
+
+A lost message is a failed run, not a figure: after each phase every message must have
+reached the sink (no more, no fewer) and the Postfix queue must be empty within
+`drain timeout`; with pymavis every message must also have its "Passed" log line. Any SMTP
+reply other than success, a timeout or a dropped connection fails the run too.
+
+Limits: every wait has a deadline (start-up, each phase, each drain) and the whole run has
+`--max-minutes`; the processes started here are stopped at the end, on an error, on SIGINT
+or SIGTERM, and die with this process if it is killed (PR_SET_PDEATHSIG).
+
+Exit status: 0 figures produced and targets met, 3 figures produced but a target missed
+(pymavis peak RSS <= 80 MB, pymavis throughput >= 0.85 x null milter), 1 failed run.
+Results are printed and appended to docs/benchmarks.md (not with --quick or --no-docs).
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import datetime
+import json
+import os
+import platform
+import re
+import shlex
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+BENCH_DIR = Path(__file__).resolve().parent
+REPO = BENCH_DIR.parent
+sys.path.insert(0, str(REPO / "tests"))
+sys.path.insert(0, str(BENCH_DIR))
+
+from harness.net import LOOPBACK, free_port, port_is_open, wait_until  # noqa: E402
+from harness.postfix import PostfixError, PostfixInstance  # noqa: E402
+
+import sender  # noqa: E402
+
+SMTP_SINK = shutil.which("smtp-sink", path="/usr/sbin:/usr/bin") or "/usr/sbin/smtp-sink"
+SMTP_SOURCE = shutil.which("smtp-source", path="/usr/sbin:/usr/bin") or "/usr/sbin/smtp-source"
+NULL_MILTER = REPO / "tests" / "harness" / "nullmilter.py"
+SHIPPED_CONFIG_DIR = REPO / "policies"
+DOCS = REPO / "docs" / "benchmarks.md"
+
+# Targets for pymavis (issue: benchmark); checked against the figures of this run.
+TARGET_RSS_MB = 80.0
+TARGET_THROUGHPUT_RATIO = 0.85
+# If smtp-source gets this much more through a variant than bench/sender.py does, the
+# Python sender's own CPU limited that variant's figure.
+SENDER_CHECK_RATIO = 1.10
+# Busier than this before the run starts: something else is running; the report says so.
+BACKGROUND_WARN_PCT = 10.0
+# ... or during a phase (see CpuWindow).
+OTHER_LOAD_WARN_PCT = 5.0
+
+# Waits. Generous for a loaded 2-core machine; a healthy run stays far below them.
+START_TIMEOUT_S = 60.0
+PYMAVIS_STOP_TIMEOUT_S = 60.0   # shutdown_grace_s (30) + libmilter's stop delay (~5) + margin
+IO_TIMEOUT_S = 120.0            # one SMTP read or write; Postfix's milter timeouts are lower
+
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+PR_SET_PDEATHSIG = 1
+
+
+class RunFailed(Exception):
+    """The run cannot give figures: a message was lost, refused, or something did not start."""
+
+
+class OutOfTime(Exception):
+    pass
+
+
+# --- child processes --------------------------------------------------------------------
+
+
+def _die_with_parent() -> None:
+    """preexec_fn: SIGKILL this child when the benchmark process dies, however it dies."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
+class Child:
+    """A long-running helper process (sink or milter) with its output in a log file."""
+
+    def __init__(self, name: str, argv: list[str], log_path: Path, *, env: dict | None = None,
+                 stop_signal: int = signal.SIGTERM, stop_timeout: float = 30.0):
+        self.name, self.argv, self.log_path = name, argv, log_path
+        self.env = env
+        self.stop_signal, self.stop_timeout = stop_signal, stop_timeout
+        self.proc: subprocess.Popen | None = None
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def start(self, ready, timeout: float = START_TIMEOUT_S) -> "Child":
+        with open(self.log_path, "ab") as out:
+            self.proc = subprocess.Popen(self.argv, stdout=out, stderr=subprocess.STDOUT,
+                                         stdin=subprocess.DEVNULL, env=self.env, cwd="/",
+                                         start_new_session=True, preexec_fn=_die_with_parent)
+
+        def up():
+            if self.proc.poll() is not None:
+                raise RunFailed(f"{self.name} exited with status {self.proc.returncode} at start:\n"
+                                f"{self.log_tail()}")
+            return ready()
+
+        try:
+            wait_until(up, timeout, what=f"{self.name} ready")
+        except TimeoutError as e:
+            self.stop()
+            raise RunFailed(f"{e}\n{self.log_tail()}") from None
+        return self
+
+    def stop(self) -> None:
+        if self.proc is None:
+            return
+        if self.proc.poll() is None:
+            self.proc.send_signal(self.stop_signal)
+            try:
+                self.proc.wait(self.stop_timeout)
+            except subprocess.TimeoutExpired:
+                print(f"bench: {self.name} (pid {self.pid}) did not exit {self.stop_timeout:g} s "
+                      f"after signal {self.stop_signal}; killing it", file=sys.stderr)
+                self.proc.kill()
+                self.proc.wait(10)
+        self.proc = None
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def log_text(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+
+    def log_tail(self, lines: int = 20) -> str:
+        return "\n".join(self.log_text().splitlines()[-lines:])
+
+
+class Sink(Child):
+    """smtp-sink -c: accepts everything, prints "sess=N quit=N mesg=N" (CR-separated) after
+    every change; `count()` is the last mesg= value."""
+
+    def __init__(self, workdir: Path):
+        self.port = free_port()
+        # -u: smtp-sink refuses to run as root; -m: up to 256 parallel sessions (Postfix
+        # opens at most default_destination_concurrency_limit = 20 per instance).
+        super().__init__("smtp-sink", [SMTP_SINK, "-c", "-u", "nobody", "-m", "256",
+                                       f"{LOOPBACK}:{self.port}", "256"],
+                         workdir / "smtp-sink.out")
+
+    def start(self, timeout: float = START_TIMEOUT_S) -> "Sink":
+        return super().start(lambda: port_is_open(LOOPBACK, self.port), timeout)
+
+    def count(self) -> int:
+        with open(self.log_path, "rb") as fh:
+            fh.seek(0, os.SEEK_END)
+            fh.seek(max(0, fh.tell() - 256))
+            tail = fh.read().decode("ascii", "replace")
+        found = re.findall(r"mesg=(\d+)", tail)
+        return int(found[-1]) if found else 0
+
+
+@dataclass(frozen=True)
+class MilterAddress:
+    """Where a milter listens: inet (127.0.0.1:port, as contrib/postfix/main.cf has it) or
+    a unix socket (diagnostic: no TCP, so no Nagle/delayed-ACK stalls)."""
+
+    port: int | None = None
+    path: Path | None = None
+
+    @classmethod
+    def new(cls, kind: str, workdir: Path, name: str) -> "MilterAddress":
+        return cls(path=workdir / f"{name}.sock") if kind == "unix" else cls(port=free_port())
+
+    @property
+    def postfix(self) -> str:
+        return f"unix:{self.path}" if self.path else f"inet:{LOOPBACK}:{self.port}"
+
+    @property
+    def libmilter(self) -> str:
+        return f"unix:{self.path}" if self.path else f"inet:{self.port}@{LOOPBACK}"
+
+    def ready(self) -> bool:
+        if self.path is None:
+            return port_is_open(LOOPBACK, self.port)
+        if not self.path.exists():
+            return False
+        self.path.chmod(0o666)   # smtpd runs as the postfix user
+        return True
+
+
+def start_null_milter(workdir: Path, kind: str) -> tuple[Child, MilterAddress]:
+    addr = MilterAddress.new(kind, workdir, "nullmilter")
+    child = Child("null milter", [sys.executable, str(NULL_MILTER), addr.libmilter, "--no-headers"],
+                  workdir / "nullmilter.log", stop_signal=signal.SIGKILL)  # holds no state
+    return child.start(addr.ready), addr
+
+
+def start_pymavis(workdir: Path, kind: str) -> tuple[Child, MilterAddress]:
+    """pymavis with a copy of the shipped policies/ whose only change is state_dir."""
+    conf_dir = workdir / "pymavis-config"
+    shutil.copytree(SHIPPED_CONFIG_DIR, conf_dir)
+    state_dir = workdir / "pymavis-state"
+    main = conf_dir / "pymavis.yaml"
+    text, n = re.subn(r"(?m)^state_dir:.*$", f"state_dir: {state_dir}   # bench: moved to its temp dir",
+                      main.read_text())
+    if n != 1:
+        raise RunFailed(f"{SHIPPED_CONFIG_DIR / 'pymavis.yaml'}: expected one top-level "
+                        f"'state_dir:' line to replace, found {n}")
+    main.write_text(text)
+    addr = MilterAddress.new(kind, workdir, "pymavis")
+    env = dict(os.environ, PYTHONPATH=str(REPO / "milter"))
+    child = Child("pymavis", [sys.executable, "-m", "pymavis", "milter", "-c", str(main),
+                              "--foreground", "--socket", addr.postfix],
+                  workdir / "pymavis.log", env=env, stop_timeout=PYMAVIS_STOP_TIMEOUT_S)
+    child.start(lambda: "pymavis starting on" in child.log_text() and addr.ready())
+    return child, addr
+
+
+# --- /proc ------------------------------------------------------------------------------
+
+
+def proc_cpu_s(pid: int) -> float:
+    """utime + stime of the whole process (all threads), seconds."""
+    raw = Path(f"/proc/{pid}/stat").read_text()
+    fields = raw[raw.rindex(")") + 2:].split()
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+def proc_status_kb(pid: int, key: str) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(key + ":"):
+            return int(line.split()[1])
+    raise KeyError(key)
+
+
+def reset_peak_rss(pid: int) -> None:
+    Path(f"/proc/{pid}/clear_refs").write_text("5")
+
+
+def background_busy_pct(seconds: float = 3.0) -> float:
+    """Share of all cores busy over `seconds` before anything of ours runs."""
+    b0, t0 = machine_cpu()
+    time.sleep(seconds)
+    b1, t1 = machine_cpu()
+    return 100.0 * (b1 - b0) / max(1, t1 - t0)
+
+
+def machine_cpu() -> tuple[int, int]:
+    """(busy, total) jiffies of all CPUs from /proc/stat."""
+    values = [int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+    idle = values[3] + values[4]  # idle + iowait
+    total = sum(values[:8])       # guest time is already in user
+    return total - idle, total
+
+
+def machine_process_jiffies() -> int:
+    """user + nice + system jiffies of all CPUs: the time processes are charged with
+    (interrupt and softirq time is charged to no process)."""
+    values = [int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+    return values[0] + values[1] + values[2]
+
+
+class CpuWindow:
+    """Machine CPU over a phase: busy jiffies, total jiffies, and the jiffies of processes
+    this run did not start (another job on the machine disturbs the figures)."""
+
+    def __init__(self, sessions: set[int]):
+        self.sessions = sessions
+        self.busy0, self.total0 = machine_cpu()
+        self.proc0, self.own0 = machine_process_jiffies(), own_jiffies(sessions)
+
+    def stop(self) -> "CpuWindow":
+        self.busy1, self.total1 = machine_cpu()
+        self.proc1, self.own1 = machine_process_jiffies(), own_jiffies(self.sessions)
+        return self
+
+    @property
+    def busy_jiffies(self) -> int:
+        return self.busy1 - self.busy0
+
+    @property
+    def busy_pct(self) -> float:
+        return 100.0 * self.busy_jiffies / max(1, self.total1 - self.total0)
+
+    @property
+    def other_pct(self) -> float:
+        other = (self.proc1 - self.proc0) - (self.own1 - self.own0)
+        return max(0.0, 100.0 * other / max(1, self.total1 - self.total0))
+
+
+def own_jiffies(sessions: set[int]) -> int:
+    """CPU jiffies of everything this run started: this process and its descendants, and
+    every process in the sessions of our Postfix masters. utime+stime of the living, plus
+    cutime+cstime (children already reaped, e.g. Postfix's short-lived processes and our
+    finished senders): a difference of two calls is the CPU the run used in between."""
+    procs: dict[int, tuple[int, int, int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            raw = Path(f"/proc/{entry}/stat").read_text()
+        except OSError:
+            continue
+        f = raw[raw.rindex(")") + 2:].split()
+        procs[int(entry)] = (int(f[1]), int(f[3]), sum(int(x) for x in f[11:15]))
+    children: dict[int, list[int]] = {}
+    for pid, (ppid, _, _) in procs.items():
+        children.setdefault(ppid, []).append(pid)
+    ours = {pid for pid, (_, sid, _) in procs.items() if sid in sessions}
+    todo = [os.getpid()]
+    while todo:
+        pid = todo.pop()
+        if pid not in ours:
+            ours.add(pid)
+            todo.extend(children.get(pid, ()))
+    return sum(procs[p][2] for p in ours if p in procs)
+
+
+# --- one phase --------------------------------------------------------------------------
+
+
+@dataclass
+class Variant:
+    key: str
+    title: str
+    postfix: PostfixInstance
+    milter: Child | None = None
+    pymavis_log: Child | None = None   # the pymavis child, for its per-message log lines
+
+    @property
+    def port(self) -> int:
+        return self.postfix.ports["mx"]
+
+
+@dataclass
+class Phase:
+    variant: str
+    rep: int
+    sender: str                     # "python" or "smtp-source"
+    messages: int
+    wall_s: float
+    msgs_per_s: float
+    drain_s: float                  # last accepted message -> all at the sink, queue empty
+    p50_ms: float | None = None
+    p90_ms: float | None = None
+    p99_ms: float | None = None
+    max_ms: float | None = None
+    p50_by_size_ms: dict = field(default_factory=dict)
+    milter_cpu_ms_per_msg: float | None = None
+    milter_peak_rss_mb: float | None = None
+    machine_cpu_ms_per_msg: float = 0.0
+    machine_busy_pct: float = 0.0
+    sender_cpu_ms_per_msg: float | None = None
+    other_load_pct: float = 0.0     # CPU of processes this run did not start, % of all cores
+
+
+def percentile(sorted_values: list[float], q: float) -> float:
+    """Linear interpolation between closest ranks (as numpy's default)."""
+    if not sorted_values:
+        raise ValueError("no values")
+    k = (len(sorted_values) - 1) * q
+    lo = int(k)
+    hi = min(lo + 1, len(sorted_values) - 1)
+    return sorted_values[lo] + (sorted_values[hi] - sorted_values[lo]) * (k - lo)
+
+
+class Bench:
+    def __init__(self, args, workdir: Path):
+        self.args = args
+        self.workdir = workdir
+        self.sink: Sink | None = None
+        self.children: list[Child] = []
+        self.variants: list[Variant] = []
+        self.delivered = 0          # messages the sink must have received so far
+        self.msg_no = 0             # next message number (unique Message-IDs over the run)
+        self.lifetime_peak_mb: dict[str, float] = {}
+
+    # setup / teardown ----------------------------------------------------------------
+
+    def setup(self) -> None:
+        self.sink = Sink(self.workdir).start()
+        self.children.append(self.sink)
+        null, null_addr = start_null_milter(self.workdir, self.args.milter_socket)
+        self.children.append(null)
+        pym, pym_addr = start_pymavis(self.workdir, self.args.milter_socket)
+        self.children.append(pym)
+        for key, title, milter, addr in (
+            ("postfix", "Postfix alone", None, None),
+            ("null", "Postfix + null milter", null, null_addr),
+            ("pymavis", "Postfix + pymavis", pym, pym_addr),
+        ):
+            want = addr.postfix if addr else ""
+            pf = PostfixInstance(self.workdir / f"postfix-{key}", sink_port=self.sink.port,
+                                 milter=want)
+            self.variants.append(Variant(key, title, pf, milter, pym if key == "pymavis" else None))
+            pf.start()
+            got = pf.postconf("smtpd_milters")["smtpd_milters"]
+            if got != want:
+                raise RunFailed(f"{key}: smtpd_milters is {got!r}, expected {want!r}")
+
+    def teardown(self) -> None:
+        for v in self.variants:
+            try:
+                v.postfix.stop()
+            except (PostfixError, TimeoutError, OSError) as e:  # keep stopping the others
+                print(f"bench: stopping Postfix {v.key}: {e}", file=sys.stderr)
+        for c in reversed(self.children):
+            c.stop()
+
+    # checks ----------------------------------------------------------------------------
+
+    def wait_delivered(self, v: Variant, n: int, timeout: float) -> None:
+        """The phase's n messages all at the sink (no more) and v's queue empty, or RunFailed."""
+        before = self.delivered
+        self.delivered += n
+        expected_total = self.delivered
+
+        def done():
+            if not self.sink.alive():
+                raise RunFailed(f"{v.key}: smtp-sink died; the Postfix queue holds "
+                                f"{len(v.postfix.queue())} message(s) it could not deliver")
+            got = self.sink.count()
+            if got > expected_total:
+                raise RunFailed(f"{v.key}: the sink received {got - expected_total} message(s) more "
+                                "than were sent: duplicates")
+            return got == expected_total and not v.postfix.queue()
+
+        try:
+            wait_until(done, timeout, interval=0.2, what=f"{v.key}: all messages delivered")
+        except TimeoutError:
+            got = self.sink.count()
+            queue = v.postfix.queue()
+            reasons = sorted({r.get("delay_reason", "?") for m in queue for r in m.get("recipients", [])})
+            raise RunFailed(
+                f"{v.key}: LOST MESSAGES: the sink received {got - before} of the phase's {n} "
+                f"within {timeout:g} s; the Postfix queue holds {len(queue)}"
+                + (f" ({'; '.join(reasons)[:500]})" if reasons else "")
+                + "\nmaillog tail:\n" + "\n".join(v.postfix.log_text().splitlines()[-15:])) from None
+
+    def master_sessions(self) -> set[int]:
+        return {v.postfix.master_pid for v in self.variants if v.postfix.master_pid}
+
+    @staticmethod
+    def passed_lines(v: Variant) -> int:
+        return v.pymavis_log.log_text().count(" Passed ") if v.pymavis_log else 0
+
+    def check_passed(self, v: Variant, before: int, n: int) -> None:
+        """With pymavis, every message of the phase must have its "Passed" log line."""
+        if v.pymavis_log and self.passed_lines(v) - before != n:
+            raise RunFailed(f"pymavis logged {self.passed_lines(v) - before} 'Passed' lines for {n} "
+                            f"messages:\n{v.pymavis_log.log_tail()}")
+
+    def check_alive(self) -> None:
+        for c in self.children:
+            if not c.alive():
+                raise RunFailed(f"{c.name} died (status {c.proc.returncode if c.proc else '?'}):\n"
+                                f"{c.log_tail()}")
+
+    # phases ----------------------------------------------------------------------------
+
+    def run_python(self, v: Variant, n: int, rep: int, seed: int) -> Phase:
+        self.check_alive()
+        pid = v.milter.pid if v.milter else None
+        passed_before = self.passed_lines(v)
+        if pid:
+            self.lifetime_peak_mb[v.key] = max(self.lifetime_peak_mb.get(v.key, 0.0),
+                                               proc_status_kb(pid, "VmHWM") / 1024)
+            reset_peak_rss(pid)
+            cpu0 = proc_cpu_s(pid)
+        window = CpuWindow(self.master_sessions())
+        result = sender.run_phase(LOOPBACK, v.port, n, self.args.concurrency, seed=seed,
+                                  first_msg_no=self.msg_no, workers=self.args.sender_workers,
+                                  io_timeout_s=IO_TIMEOUT_S, phase_timeout_s=self.phase_timeout(n))
+        window.stop()
+        self.msg_no += n
+        if pid:
+            cpu = proc_cpu_s(pid) - cpu0
+            peak_mb = proc_status_kb(pid, "VmHWM") / 1024
+            self.lifetime_peak_mb[v.key] = max(self.lifetime_peak_mb[v.key], peak_mb)
+        failures = result.failures
+        if failures:
+            kinds: dict[str, int] = {}
+            for r in failures:
+                kinds[r.error] = kinds.get(r.error, 0) + 1
+            detail = "\n".join(f"  {count} x {err}" for err, count in
+                               sorted(kinds.items(), key=lambda kv: -kv[1])[:10])
+            raise RunFailed(f"{v.key}: {len(failures)} of {n} transactions failed:\n{detail}")
+        last = max(r.end for r in result.records)
+        self.wait_delivered(v, n, self.drain_timeout(n))
+        drain_s = time.monotonic() - last
+        self.check_passed(v, passed_before, n)
+        lat = sorted((r.end - r.start) * 1000 for r in result.records)
+        by_size = {}
+        for c, (label, _, _) in enumerate(sender.SIZE_MIX):
+            xs = sorted((r.end - r.start) * 1000 for r in result.records if r.class_idx == c)
+            if xs:
+                by_size[label] = round(percentile(xs, 0.5), 1)
+        wall = result.wall_s
+        return Phase(
+            variant=v.key, rep=rep, sender="python", messages=n, wall_s=wall, msgs_per_s=n / wall,
+            drain_s=drain_s, p50_ms=percentile(lat, 0.5), p90_ms=percentile(lat, 0.9),
+            p99_ms=percentile(lat, 0.99), max_ms=lat[-1], p50_by_size_ms=by_size,
+            milter_cpu_ms_per_msg=cpu * 1000 / n if pid else None,
+            milter_peak_rss_mb=peak_mb if pid else None,
+            machine_cpu_ms_per_msg=window.busy_jiffies / CLK_TCK * 1000 / n,
+            machine_busy_pct=window.busy_pct,
+            sender_cpu_ms_per_msg=result.sender_cpu_s * 1000 / n,
+            other_load_pct=window.other_pct,
+        )
+
+    def run_smtp_source(self, v: Variant, n: int, rep: int) -> Phase:
+        """The same mix with Postfix's C load generator: one batch per size class, one after
+        the other, each at the full concurrency (smtp-source sends one size per run)."""
+        self.check_alive()
+        counts = [n * share // 100 for _, _, share in sender.SIZE_MIX]
+        counts[0] += n - sum(counts)
+        passed_before = self.passed_lines(v)
+        window = CpuWindow(self.master_sessions())
+        t0 = time.monotonic()
+        for (label, size, _), count in zip(sender.SIZE_MIX, counts):
+            if not count:
+                continue
+            # -l is the body length; smtp-source's own header section is about 150 bytes.
+            argv = [SMTP_SOURCE, "-s", str(min(self.args.concurrency, count)), "-m", str(count),
+                    "-l", str(size - 150), "-N", "-M", sender.HELO_NAME,
+                    "-f", f"source@{sender.SENDER_DOMAIN}", "-t", f"user@{sender.RCPT_DOMAIN}",
+                    f"{LOOPBACK}:{v.port}"]
+            try:
+                proc = subprocess.run(argv, capture_output=True, timeout=self.phase_timeout(count),
+                                      preexec_fn=_die_with_parent)
+            except subprocess.TimeoutExpired:
+                raise RunFailed(f"{v.key}: smtp-source ({label}) did not finish in time") from None
+            if proc.returncode != 0:
+                raise RunFailed(f"{v.key}: smtp-source ({label}) exited {proc.returncode}: "
+                                f"{proc.stderr.decode(errors='replace').strip()[:1000]}")
+        wall = time.monotonic() - t0
+        window.stop()
+        last = time.monotonic()
+        self.wait_delivered(v, n, self.drain_timeout(n))
+        self.check_passed(v, passed_before, n)
+        return Phase(variant=v.key, rep=rep, sender="smtp-source", messages=n, wall_s=wall,
+                     msgs_per_s=n / wall, drain_s=time.monotonic() - last,
+                     machine_cpu_ms_per_msg=window.busy_jiffies / CLK_TCK * 1000 / n,
+                     machine_busy_pct=window.busy_pct, other_load_pct=window.other_pct)
+
+    def phase_timeout(self, n: int) -> float:
+        # 1 message/s would be 50x slower than a healthy run here: something is stuck.
+        return 120.0 + n * 1.0
+
+    def drain_timeout(self, n: int) -> float:
+        return 120.0 + n * 0.1
+
+    def run(self) -> list[Phase]:
+        a = self.args
+        phases: list[Phase] = []
+        if a.warmup:
+            for v in self.variants:
+                log(f"warm-up: {v.title}: {a.warmup} messages")
+                self.run_python(v, a.warmup, rep=-1, seed=0)
+        smtp_source_keys = {"none": (), "postfix": ("postfix",),
+                            "all": ("postfix", "null", "pymavis")}[a.smtp_source]
+        for rep in range(a.reps):
+            order = self.variants[rep % 3:] + self.variants[:rep % 3]
+            for v in order:
+                p = self.run_python(v, a.messages, rep, seed=a.seed + rep)
+                phases.append(p)
+                log(f"rep {rep + 1}/{a.reps} {v.title:<24} {p.msgs_per_s:7.1f} msg/s  "
+                    f"p50 {p.p50_ms:6.1f} ms  p99 {p.p99_ms:7.1f} ms"
+                    + (f"  milter {p.milter_cpu_ms_per_msg:5.2f} ms CPU/msg  "
+                       f"peak {p.milter_peak_rss_mb:5.1f} MB" if p.milter_cpu_ms_per_msg is not None else "")
+                    + f"  machine {p.machine_busy_pct:3.0f}% busy (others {p.other_load_pct:2.0f}%)"
+                    f"  drain {p.drain_s:4.1f} s")
+                if v.key in smtp_source_keys:
+                    q = self.run_smtp_source(v, a.messages, rep)
+                    phases.append(q)
+                    log(f"rep {rep + 1}/{a.reps} {v.title:<24} {q.msgs_per_s:7.1f} msg/s  (smtp-source)"
+                        f"  machine {q.machine_busy_pct:3.0f}% busy (others {q.other_load_pct:2.0f}%)")
+        return phases
+
+
+# --- report -----------------------------------------------------------------------------
+
+METRICS = (  # key, header, format, better ("high"/"low")
+    ("msgs_per_s", "msg/s", "{:.1f}", "high"),
+    ("p50_ms", "p50 ms", "{:.1f}", "low"),
+    ("p99_ms", "p99 ms", "{:.1f}", "low"),
+    ("milter_cpu_ms_per_msg", "milter CPU ms/msg", "{:.2f}", "low"),
+    ("milter_peak_rss_mb", "milter peak RSS MB", "{:.1f}", "low"),
+)
+
+
+def medians(phases: list[Phase], variant: str, sender_name: str = "python") -> dict:
+    rows = [p for p in phases if p.variant == variant and p.sender == sender_name]
+    out = {}
+    for key in ("msgs_per_s", "p50_ms", "p90_ms", "p99_ms", "max_ms", "milter_cpu_ms_per_msg",
+                "milter_peak_rss_mb", "machine_cpu_ms_per_msg", "machine_busy_pct",
+                "sender_cpu_ms_per_msg", "drain_s"):
+        values = [getattr(p, key) for p in rows if getattr(p, key) is not None]
+        out[key] = statistics.median(values) if values else None
+    out["reps"] = len(rows)
+    return out
+
+
+def fmt(value, spec="{:.1f}") -> str:
+    return "n/a" if value is None else spec.format(value)
+
+
+def ratio(a, b) -> str:
+    return "n/a" if a is None or b in (None, 0) else f"{a / b:.2f}"
+
+
+def main_table(phases: list[Phase], titles: dict[str, str]) -> list[str]:
+    med = {k: medians(phases, k) for k in titles}
+    head = "| variant | " + " | ".join(f"{h} | x null" for _, h, _, _ in METRICS) + " |"
+    lines = [head, "|---" * (1 + 2 * len(METRICS)) + "|"]
+    for key, title in titles.items():
+        cells = []
+        for m, _, spec, _ in METRICS:
+            cells += [fmt(med[key][m], spec), ratio(med[key][m], med["null"][m])]
+        lines.append(f"| {title} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def detail_table(phases: list[Phase], titles: dict[str, str]) -> list[str]:
+    lines = ["| rep | variant | sender | msg/s | p50 ms | p90 ms | p99 ms | max ms | p50 by size ms "
+             "| milter CPU ms/msg | milter peak RSS MB | machine CPU ms/msg | machine busy % "
+             "| sender CPU ms/msg | other load % | drain s |",
+             "|---" * 16 + "|"]
+    for p in phases:
+        sizes = ", ".join(f"{k}: {v}" for k, v in p.p50_by_size_ms.items()) or "n/a"
+        lines.append(
+            f"| {p.rep + 1} | {titles[p.variant]} | {p.sender} | {p.msgs_per_s:.1f} | {fmt(p.p50_ms)} "
+            f"| {fmt(p.p90_ms)} | {fmt(p.p99_ms)} | {fmt(p.max_ms)} | {sizes} "
+            f"| {fmt(p.milter_cpu_ms_per_msg, '{:.2f}')} | {fmt(p.milter_peak_rss_mb)} "
+            f"| {p.machine_cpu_ms_per_msg:.2f} | {p.machine_busy_pct:.0f} "
+            f"| {fmt(p.sender_cpu_ms_per_msg, '{:.2f}')} | {p.other_load_pct:.0f} | {p.drain_s:.1f} |")
+    return lines
+
+
+def verdicts(phases: list[Phase], lifetime_peak_mb: dict[str, float]) -> tuple[list[str], bool, list[str]]:
+    """(lines about targets, all targets met, warnings about the measurement itself)."""
+    pym, null, alone = (medians(phases, k) for k in ("pymavis", "null", "postfix"))
+    peak = max([p.milter_peak_rss_mb for p in phases
+                if p.variant == "pymavis" and p.milter_peak_rss_mb is not None]
+               + [lifetime_peak_mb.get("pymavis", 0.0)])
+    tp = pym["msgs_per_s"] / null["msgs_per_s"]
+    ok_rss, ok_tp = peak <= TARGET_RSS_MB, tp >= TARGET_THROUGHPUT_RATIO
+    lines = [
+        f"- pymavis peak RSS {peak:.1f} MB (highest of the run, warm-up included) "
+        f"{'<=' if ok_rss else '>'} target {TARGET_RSS_MB:.0f} MB: {'met' if ok_rss else 'MISSED'}",
+        f"- pymavis throughput {tp:.2f} x null milter {'>=' if ok_tp else '<'} target "
+        f"{TARGET_THROUGHPUT_RATIO:.2f}: {'met' if ok_tp else 'MISSED'}",
+    ]
+    warnings = []
+    if alone["msgs_per_s"] < 1.10 * null["msgs_per_s"]:
+        warnings.append(
+            f"Postfix alone ({alone['msgs_per_s']:.1f} msg/s) is not clearly faster than with the "
+            f"null milter ({null['msgs_per_s']:.1f} msg/s): something other than the milter "
+            "(the sender, the disk, the sink) may be limiting every variant.")
+    disturbed = [p for p in phases if p.other_load_pct > OTHER_LOAD_WARN_PCT]
+    if disturbed:
+        worst = max(p.other_load_pct for p in disturbed)
+        warnings.append(
+            f"Processes this run did not start used more than {OTHER_LOAD_WARN_PCT:.0f}% of the "
+            f"machine in {len(disturbed)} of {len(phases)} phases (up to {worst:.0f}%): the "
+            "figures are disturbed; run again on an idle machine.")
+    for key, py in (("postfix", alone), ("null", null), ("pymavis", pym)):
+        src = medians(phases, key, "smtp-source")
+        if src["reps"] and src["msgs_per_s"] > SENDER_CHECK_RATIO * py["msgs_per_s"]:
+            warnings.append(
+                f"{key}: smtp-source got {src['msgs_per_s']:.1f} msg/s through, bench/sender.py "
+                f"{py['msgs_per_s']:.1f} (machine {py['machine_busy_pct']:.0f}% busy): the Python "
+                "sender's own CPU limits this variant's figure; its smtp-source figure is the "
+                "better ceiling.")
+    return lines, ok_rss and ok_tp, warnings
+
+
+def machine_info() -> dict[str, str]:
+    cpu = "unknown"
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            cpu = line.split(":", 1)[1].strip()
+            break
+    mem_kb = int(re.search(r"MemTotal:\s+(\d+)", Path("/proc/meminfo").read_text()).group(1))
+    postfix = subprocess.run(["postconf", "-d", "-h", "mail_version"], capture_output=True,
+                             text=True).stdout.strip()
+
+    def git(*args):
+        return subprocess.run(["git", "-C", str(REPO), *args], capture_output=True,
+                              text=True).stdout.strip()
+
+    dirty = " (with uncommitted changes)" if git("status", "--porcelain", "--untracked-files=no") else ""
+    pym_version = subprocess.run([sys.executable, "-m", "pymavis", "version"], capture_output=True,
+                                 text=True, env=dict(os.environ, PYTHONPATH=str(REPO / "milter"))
+                                 ).stdout.strip()
+    return {
+        "cores": str(os.cpu_count()),
+        "cpu": cpu,
+        "memory": f"{mem_kb / 1024 / 1024:.1f} GiB",
+        "kernel": f"{platform.system()} {platform.release()}",
+        "python": platform.python_version(),
+        "postfix": postfix,
+        "pymavis": f"{pym_version}, git {git('rev-parse', '--short', 'HEAD')}{dirty}",
+    }
+
+
+def render(args, info: dict, phases: list[Phase], titles: dict[str, str], lifetime_peak_mb,
+           duration_s: float, command: str) -> tuple[str, bool]:
+    target_lines, ok, warnings = verdicts(phases, lifetime_peak_mb)
+    if float(info["background"].split("%")[0]) > BACKGROUND_WARN_PCT:
+        warnings.append(f"The machine was not idle before the run ({info['background']}).")
+    mix = ", ".join(f"{share}% {label}" for label, _, share in sender.SIZE_MIX)
+    src = [p for p in phases if p.sender == "smtp-source"]
+    out = [
+        f"## {datetime.datetime.now().astimezone().strftime('%Y-%m-%d %H:%M %Z')}"
+        + (" (diagnostic: milters on unix sockets)" if args.milter_socket == "unix" else ""),
+        "",
+        f"- Machine: {info['cores']} cores, {info['cpu']}, {info['memory']} RAM, {info['kernel']}, "
+        f"Python {info['python']}, Postfix {info['postfix']}; background load: {info['background']}",
+        f"- pymavis: {info['pymavis']}, shipped configuration (policies/, state_dir moved to a temp dir)",
+        f"- Command: `{command}`",
+        f"- Parameters: {args.messages} messages per phase, concurrency {args.concurrency}, "
+        f"{args.reps} repetitions (interleaved, order rotated), warm-up {args.warmup} messages per "
+        f"variant, size mix {mix} (seeded shuffle), one recipient, one message per connection; "
+        f"sender bench/sender.py ({args.sender_workers or os.cpu_count()} processes); "
+        f"baseline null milter = tests/harness/nullmilter.py --no-headers; milters reached over "
+        + ("TCP 127.0.0.1 as contrib/postfix ships" if args.milter_socket == "inet"
+           else "unix sockets (DIAGNOSTIC: not the shipped setup)"),
+        f"- Run time: {duration_s / 60:.1f} min; every message reached the sink, queues empty after "
+        "every phase",
+        "",
+        f"Medians of {args.reps} repetitions; \"x null\" is the ratio to the null milter in this run:",
+        "",
+        *main_table(phases, titles),
+        "",
+        "Targets:",
+        "",
+        *target_lines,
+    ]
+    if src:
+        alone = medians(phases, "postfix")["msgs_per_s"]
+        rows = {k: medians(phases, k, "smtp-source") for k in titles}
+        checks = [f"{titles[k]} {r['msgs_per_s']:.1f} msg/s" for k, r in rows.items() if r["reps"]]
+        out += ["", f"Sender check (the same mix sent by smtp-source, per size class one after the "
+                f"other at concurrency {args.concurrency}, medians): " + "; ".join(checks)
+                + f" (bench/sender.py through Postfix alone: {alone:.1f} msg/s)."]
+        if rows["null"]["reps"] and rows["pymavis"]["reps"]:
+            out[-1] += (f" smtp-source throughput ratio pymavis / null milter: "
+                        f"{rows['pymavis']['msgs_per_s'] / rows['null']['msgs_per_s']:.2f}.")
+    if warnings:
+        out += ["", "Warnings:", "", *[f"- {w}" for w in warnings]]
+    out += ["", "<details><summary>Every phase</summary>", "", *detail_table(phases, titles), "",
+            "</details>", ""]
+    return "\n".join(out), ok
+
+
+DOCS_HEADER = """# Benchmarks
+
+Produced by `make bench` (bench/run.py; how it works and how to read it: bench/README.md).
+Each run appends a section: Postfix alone, Postfix with the null pymilter milter (the
+baseline) and Postfix with pymavis in its shipped configuration, measured in the same run,
+interleaved; figures are medians of the repetitions, ratios are against the null milter of
+the same run. Latency is one SMTP transaction as the client sees it (connect to the reply
+after the final dot); milter CPU is the milter process's utime+stime per message; peak RSS is
+the milter process's VmHWM.
+
+"""
+
+
+def log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--messages", type=int, default=2000, help="messages per phase (default 2000)")
+    p.add_argument("--concurrency", type=int, default=20, help="SMTP sessions in parallel (default 20)")
+    p.add_argument("--reps", type=int, default=3, help="repetitions, each running every variant (default 3)")
+    p.add_argument("--warmup", type=int, default=None,
+                   help="unmeasured messages per variant before the first repetition (default 200)")
+    p.add_argument("--quick", action="store_true",
+                   help="smoke run: 150 messages, concurrency 10, 1 repetition, warm-up 20; no docs")
+    p.add_argument("--smtp-source", choices=("none", "postfix", "all"), default="all",
+                   help="also send each phase's load with smtp-source through these variants, to check "
+                        "the Python sender (default: all)")
+    p.add_argument("--milter-socket", choices=("inet", "unix"), default="inet",
+                   help="how Postfix reaches the milters: inet 127.0.0.1:PORT as contrib/postfix "
+                        "ships (default), or a unix socket (diagnostic)")
+    p.add_argument("--sender-workers", type=int, default=None,
+                   help="sender processes (default: one per core)")
+    p.add_argument("--seed", type=int, default=1, help="seed of the size-mix order (default 1)")
+    p.add_argument("--no-docs", action="store_true", help="do not append to docs/benchmarks.md")
+    p.add_argument("--json", metavar="PATH", help="also write every phase's figures to PATH")
+    p.add_argument("--keep", action="store_true", help="keep the temp dir (logs, maillogs)")
+    p.add_argument("--max-minutes", type=float, default=60.0,
+                   help="abort the whole run after this long (default 60)")
+    args = p.parse_args(argv)
+    if args.quick:
+        args.messages, args.concurrency, args.reps = 150, 10, 1
+        args.warmup = 20 if args.warmup is None else args.warmup
+        args.no_docs = True
+    if args.warmup is None:
+        args.warmup = 200
+    for name in ("messages", "concurrency", "reps"):
+        if getattr(args, name) < 1:
+            p.error(f"--{name} must be at least 1")
+    return args
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    if os.geteuid() != 0:
+        print("bench: run as root (private Postfix instances)", file=sys.stderr)
+        return 1
+    for tool in (SMTP_SINK, SMTP_SOURCE):
+        if not os.access(tool, os.X_OK):
+            print(f"bench: {tool} not found (Debian package postfix)", file=sys.stderr)
+            return 1
+
+    def on_signal(signum, frame):
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    def on_alarm(signum, frame):
+        raise OutOfTime(f"the run took longer than --max-minutes {args.max_minutes:g}")
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGALRM, on_alarm)
+    signal.alarm(int(args.max_minutes * 60))
+
+    command = "make bench" if os.environ.get("MAKELEVEL") and len(sys.argv) == 1 else \
+        shlex.join([".venv/bin/python", "bench/run.py", *sys.argv[1:]])
+    workdir = Path(tempfile.mkdtemp(prefix="pymavis-bench-", dir="/tmp"))
+    workdir.chmod(0o755)   # the postfix user must reach the instances' directories
+    started = time.monotonic()
+    bench = Bench(args, workdir)
+    titles = {"postfix": "Postfix alone", "null": "+ null milter", "pymavis": "+ pymavis"}
+    background = background_busy_pct()
+    log(f"background load before the run: {background:.0f}% of all cores busy")
+    if background > BACKGROUND_WARN_PCT:
+        log(f"WARNING: the machine is not idle ({background:.0f}% busy): figures will be noisy "
+            "and lower than on a quiet machine")
+    try:
+        log(f"setting up in {workdir}")
+        bench.setup()
+        phases = bench.run()
+    except (RunFailed, OutOfTime, KeyboardInterrupt, TimeoutError) as e:
+        print(f"\nbench: FAILED RUN, no figures: {e}", file=sys.stderr)
+        args.keep = True
+        return 1
+    finally:
+        signal.alarm(0)
+        log("stopping")
+        bench.teardown()
+        if args.keep:
+            print(f"bench: logs kept in {workdir}", file=sys.stderr)
+        else:
+            shutil.rmtree(workdir, ignore_errors=True)
+    duration = time.monotonic() - started
+    info = machine_info()
+    info["background"] = f"{background:.0f}% of all cores busy in the 3 s before the run"
+    text, ok = render(args, info, phases, titles, bench.lifetime_peak_mb, duration, command)
+    print()
+    print(text)
+    if not args.no_docs:
+        new = not DOCS.exists()
+        with open(DOCS, "a") as fh:
+            if new:
+                fh.write(DOCS_HEADER)
+            fh.write(text + "\n")
+        log(f"appended to {DOCS.relative_to(REPO)}")
+    if args.json:
+        Path(args.json).write_text(json.dumps({"machine": info, "args": vars(args),
+                                               "phases": [asdict(p) for p in phases]}, indent=1))
+    return 0 if ok else 3
+
+
+if __name__ == "__main__":
+    sys.exit(main())
