@@ -18,16 +18,13 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 
-_ID_ALPHABET = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
-
-
 def new_mail_id() -> str:
-    """12 URL-safe characters, as amavis's mail_id."""
-    return "".join(secrets.choice(_ID_ALPHABET) for _ in range(12))
+    """12 URL-safe characters (72 random bits), as amavis's mail_id."""
+    return secrets.token_urlsafe(9)
 
 
 def new_secret_id() -> str:
-    return "".join(secrets.choice(_ID_ALPHABET) for _ in range(12))
+    return secrets.token_urlsafe(9)
 
 
 def strip_brackets(addr: str) -> str:
