@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from . import checks as checks_mod
 from .categories import Finding
 from .decide import RcptDecision, decide, resolve_rcpt
+from .log import log
 from .lookups import LookupFailed
 from .outcome import Action, HeaderEdit, Outcome, Reply, collapse
 
@@ -48,6 +49,7 @@ def process(config, policy, txn, checks=None) -> Result:
     if _FAULT_MARKER and _FAULT_MARKER in (txn.header("Subject") or ""):
         raise InjectedFault(f"fault injected by PYMAVIS_FAULT_INJECT={_FAULT_MARKER!r}")
     if _SLOW_MARKER and _SLOW_MARKER in (txn.header("Subject") or ""):
+        log.warning("PYMAVIS_SLOW_INJECT: mail_id %s sleeps %s s", txn.mail_id, _SLOW_SECONDS or 1)
         time.sleep(float(_SLOW_SECONDS or 1))
     timings = []
     t0 = time.monotonic()

@@ -16,22 +16,14 @@ def test_sigterm_finishes_the_message_in_flight(tmp_path):
                             env={"PYMAVIS_SLOW_INJECT": "slow one:3"}).start()
     try:
         # SIGTERM once the slow message's end-of-message work has started.
-        started = threading.Event()
-
         def term_when_busy():
-            started.wait(30)
+            milter.wait_log("PYMAVIS_SLOW_INJECT", timeout=60)
             milter.proc.send_signal(signal.SIGTERM)
 
         killer = threading.Thread(target=term_when_busy)
         killer.start()
 
-        class Client(MilterClient):
-            def _step(self, stage, *args, **kwargs):
-                if stage == "eom":
-                    threading.Timer(0.5, started.set).start()
-                return super()._step(stage, *args, **kwargs)
-
-        with Client(LOOPBACK, milter.port) as client:
+        with MilterClient(LOOPBACK, milter.port) as client:
             result = client.send_message(MESSAGE, mail_from="a@example.org", rcpts=["b@example.net"])
         killer.join()
         assert result.action == "continue"
