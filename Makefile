@@ -9,8 +9,9 @@ VENV       := .venv
 STAMPS     := .make
 PYTEST_ARGS ?=
 
-# Debian packages: building pymilter needs libmilter-dev, gcc and the Python headers.
-RUN_DEBS   := libmilter-dev libmagic1 gcc python3-dev python3-venv
+# Debian packages: building pymilter needs libmilter-dev, gcc and the Python headers;
+# python-magic and libarchive-c load libmagic and libarchive at run time.
+RUN_DEBS   := libmilter-dev libmagic1 libarchive13 gcc python3-dev python3-venv
 # Tests: a real Postfix in front (its smtp-sink/smtp-source too) and miltertest.
 TEST_DEBS  := postfix miltertest
 
