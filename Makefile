@@ -12,8 +12,8 @@ PYTEST_ARGS ?=
 # Debian packages: building pymilter needs libmilter-dev, gcc and the Python headers;
 # python-magic and libarchive-c load libmagic and libarchive at run time.
 RUN_DEBS   := libmilter-dev libmagic1 libarchive13 gcc python3-dev python3-venv
-# Tests: a real Postfix in front (its smtp-sink/smtp-source too) and miltertest.
-TEST_DEBS  := postfix miltertest
+# Tests: a real Postfix in front (its smtp-sink/smtp-source too), miltertest, zip (encrypted archives).
+TEST_DEBS  := postfix miltertest zip
 
 export DEBIAN_FRONTEND := noninteractive
 

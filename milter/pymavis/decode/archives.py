@@ -1,0 +1,119 @@
+"""Archive members as child parts, read with libarchive-c's memory_reader only.
+
+`members(data, short_type, name, ...)` yields, one at a time, what an archive or a single
+compressed file holds: `Member(name, content)` or `Issue(minor, detail)`. Member names
+are only ever data: nothing is written to disk, so `../`, absolute paths and symlinks
+are harmless here.
+
+Only `libarchive.memory_reader`: its stream and custom readers call back into Python
+from C and segfault on libmilter's threads (DEPENDENCIES.md, pymilter notes).
+
+Limits, counted while iterating `entry.get_blocks()` (declared sizes can lie):
+- a member may expand to at most `max_ratio` times the size of the archive holding it
+  (XXX: libarchive does not tell a member's compressed size; the archive's size bounds
+  it from above, so the ratio we apply is the lenient one);
+- all members together may not exceed `room()` bytes, the walk's remaining quota.
+A breach ends this archive with an Issue("over limits"). An encrypted member yields its
+name with no content and Issue("encrypted"). A damaged archive ends with
+Issue("error", the libarchive message); the members read before it stay.
+"""
+
+from __future__ import annotations
+
+import ctypes
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import libarchive
+from libarchive import ffi
+
+# Short types (types.py) libarchive reads here: Debian's libarchive 3.6 (no ARJ, no
+# solid RAR4, no encrypted RAR5 headers).
+ARCHIVES = {"zip", "7z", "rar", "cab", "lha", "cpio", "iso", "xar", "ar", "deb", "tar", "rpm", "jar"}
+# Single compressed streams: a compressed tar is read as the tar, anything else as 'raw'.
+COMPRESSED = {"gz", "bz2", "xz", "lzma", "zst", "lz4", "lz", "Z"}
+
+_entry_is_encrypted = ffi.ffi("entry_is_encrypted", [ffi.c_archive_entry_p], ctypes.c_int)
+
+
+@dataclass(frozen=True)
+class Member:
+    name: str | None
+    content: bytes | None  # None: not readable (encrypted)
+
+
+@dataclass(frozen=True)
+class Issue:
+    minor: str  # "encrypted" | "over limits" | "error"
+    detail: str
+    quota: bool = False  # the walk's byte quota ran out: the whole walk stops
+
+
+def readable(short_type: str | None) -> bool:
+    return short_type in ARCHIVES or short_type in COMPRESSED
+
+
+def members(
+    data: bytes, short_type: str, name: str | None, max_ratio: int, room: Callable[[], int]
+) -> Iterator[Member | Issue]:
+    """What `data` holds, lazily; see the module header for limits and issues."""
+    if short_type in COMPRESSED:
+        # a .tar.gz is a tar; anything else fails to open as an archive and is read 'raw'
+        yielded = False
+        try:
+            for item in _read(data, "all", max_ratio, room, None):
+                yielded = True
+                yield item
+            return
+        except libarchive.ArchiveError as exc:
+            if yielded:
+                yield Issue("error", f"archive unreadable: {_message(exc)}")
+                return
+        yield from _guarded(_read(data, "raw", max_ratio, room, _stem(name)))
+        return
+    yield from _guarded(_read(data, "all", max_ratio, room, None))
+
+
+def _guarded(items: Iterator[Member | Issue]) -> Iterator[Member | Issue]:
+    try:
+        yield from items
+    except libarchive.ArchiveError as exc:
+        yield Issue("error", f"archive unreadable: {_message(exc)}")
+
+
+def _read(data: bytes, fmt: str, max_ratio: int, room: Callable[[], int], raw_name: str | None):
+    cap = max_ratio * max(len(data), 1)
+    with libarchive.memory_reader(data, format_name=fmt, filter_name="all") as archive:
+        for entry in archive:
+            if entry.isdir:
+                continue
+            member_name = raw_name if fmt == "raw" else entry.pathname
+            if _entry_is_encrypted(entry._entry_p):
+                yield Issue("encrypted", f"{member_name}: encrypted archive member")
+                yield Member(member_name, None)
+                continue
+            limit = min(cap, room())
+            chunks, size = [], 0
+            for block in entry.get_blocks():
+                size += len(block)
+                if size > limit:
+                    if limit == cap:
+                        yield Issue("over limits", f"{member_name}: expands > {max_ratio}x the archive "
+                                    f"({size} > {cap} bytes), archive not read further")
+                    else:
+                        yield Issue("over limits", f"{member_name}: expanded bytes > quota left ({limit} bytes)", True)
+                    return
+                chunks.append(block)
+            yield Member(member_name, b"".join(chunks))
+
+
+def _message(exc: libarchive.ArchiveError) -> str:
+    """libarchive's own words, without the pointer and codes libarchive-c appends."""
+    return " ".join(str(getattr(exc, "msg", None) or exc).split())
+
+
+def _stem(name: str | None) -> str | None:
+    """The name of what a single compressed file holds: "a.txt.gz" -> "a.txt"."""
+    if not name or "." not in name:
+        return None
+    return name.rsplit(".", 1)[0]
