@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from . import sanitize
 from .decide import RcptDecision
@@ -133,7 +134,9 @@ def internal_error(mail_id: str | None, accept: bool = False) -> Outcome:
     return Outcome(Action.TEMPFAIL, Reply("451", "4.3.0", f"Temporary internal error{ident}"))
 
 
-class MilterContext:  # pragma: no cover - documents what apply() needs from the adapter
+class MilterContext(Protocol):
+    """What apply() needs from the adapter (pymilter's Milter.Base methods)."""
+
     def addheader(self, name, value, idx=-1): ...
     def chgheader(self, name, idx, value): ...
     def delrcpt(self, rcpt): ...
@@ -142,7 +145,7 @@ class MilterContext:  # pragma: no cover - documents what apply() needs from the
     def quarantine(self, reason): ...
 
 
-def apply(outcome: Outcome, ctx, *, leading_space: bool = False) -> Action:
+def apply(outcome: Outcome, ctx: MilterContext, *, leading_space: bool = False) -> Action:
     """Carry out `outcome` through the milter context; returns the action to answer with."""
     if outcome.reply is not None and outcome.action in (Action.REJECT, Action.TEMPFAIL):
         ctx.setreply(outcome.reply.code, outcome.reply.xcode, outcome.reply.text)
