@@ -48,13 +48,13 @@ limits bound the number of parts, and evaluation is O(parts x depth x rules).
 
 from __future__ import annotations
 
-import difflib
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from pymavis.categories import Ccat, Finding
 from pymavis.decode import Part
+from pymavis.spec import SpecError, suggest
 
 __all__ = [
     "DEFAULT_RULE_SETS",
@@ -72,18 +72,10 @@ __all__ = [
 ]
 
 
-class RuleSpecError(ValueError):
+class RuleSpecError(SpecError):
     """A banned-rules spec is wrong. .path is the tuple of keys/indexes inside the spec
     (e.g. ("DEFAULT", 3, "deny", "name")) so the config loader can point at a YAML line;
     str() is the human message."""
-
-    def __init__(self, message: str, path: tuple = ()):
-        super().__init__(message)
-        self.message = message
-        self.path = tuple(path)
-
-    def __str__(self) -> str:
-        return self.message
 
 
 # --- matching ------------------------------------------------------------------------
@@ -230,8 +222,7 @@ _MATCH_KEYS = ("name", "ext", "double_ext", "declared", "detected", "path", "wit
 
 
 def _suggest(word, choices) -> str:
-    close = difflib.get_close_matches(str(word), list(choices), n=1, cutoff=0.6)
-    return f" (did you mean {close[0]!r}?)" if close else ""
+    return suggest(word, choices, 0.6)
 
 
 def _kind(value) -> str:

@@ -51,13 +51,14 @@ Configuration keys: none directly; callers pass the spec of each *_maps setting.
 
 from __future__ import annotations
 
-import difflib
 import ipaddress
 import os
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
+
+from pymavis.spec import SpecError, suggest
 
 __all__ = [
     "LookupFailed", "LookupSpecError", "Hit", "NOT_FOUND", "address_keys", "parse_ip",
@@ -71,18 +72,10 @@ class LookupFailed(Exception):
     turn it into TEMPFAIL, never into 'not found'."""
 
 
-class LookupSpecError(ValueError):
+class LookupSpecError(SpecError):
     """a table spec in the configuration is wrong. .path is a tuple of sub-keys/indexes
     inside the spec (e.g. (1, 'regex', 0)) so the config loader can point at a YAML line;
     str() is the human message."""
-
-    def __init__(self, message: str, path: tuple = ()):
-        super().__init__(message)
-        self.message = message
-        self.path = tuple(path)
-
-    def __str__(self) -> str:
-        return self.message
 
 
 @dataclass(frozen=True)
@@ -371,8 +364,7 @@ _SCALARS = (str, int, float, bool)
 
 
 def _did_you_mean(word, choices, cutoff: float = 0.6) -> str:
-    close = difflib.get_close_matches(str(word), choices, n=1, cutoff=cutoff)
-    return f" (did you mean {close[0]!r}?)" if close else ""
+    return suggest(word, choices, cutoff)
 
 
 def build_chain(spec, *, kind: str, value_check: Callable | None = None,

@@ -19,7 +19,9 @@ from pymavis import lookups
 
 from . import yamlsrc
 from .schema import BUILTIN_BANKS, GLOBAL_SETTINGS, POLICY_SETTINGS
-from .types import ConvertContext, IpLookup, SettingError, suggest
+from pymavis.spec import suggest
+
+from .types import ConvertContext, IpLookup, SettingError
 
 
 class ConfigError(Exception):

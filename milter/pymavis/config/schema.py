@@ -15,7 +15,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .types import Bool, BoolLookup, Enum, Float, Int, IpLookup, SizeLookup, Str, StrMap, Type
+from pymavis.spec import suggest
+
+from .types import Bool, BoolLookup, Enum, Float, Int, IpLookup, SettingError, SizeLookup, Str, StrMap, Type
 
 DESTINIES = ("pass", "discard", "bounce", "reject", "tempfail")
 CATEGORIES = ("CLEAN", "MTA", "OVERSIZED", "BADH", "SPAMMY", "SPAM", "UNCHECKED", "BANNED", "VIRUS")
@@ -112,7 +114,6 @@ class Section(Type):
     defaults: dict
 
     def convert(self, value, ctx):
-        from .types import SettingError, suggest
         if value is None:
             value = {}
         if not isinstance(value, dict):

@@ -7,26 +7,19 @@ inside the value that is wrong, so the loader can point at the right YAML line.
 
 from __future__ import annotations
 
-import difflib
 from dataclasses import dataclass
 
 from pymavis import lookups
+from pymavis.spec import SpecError, suggest
 
 
-class SettingError(ValueError):
-    def __init__(self, message: str, path: tuple = ()):
-        super().__init__(message)
-        self.path = tuple(path)
+class SettingError(SpecError):
+    """A setting's value is wrong; .path points inside the value."""
 
 
 @dataclass(frozen=True)
 class ConvertContext:
     base_dir: str  # relative file names in lookups resolve against this
-
-
-def suggest(word: str, choices) -> str:
-    close = difflib.get_close_matches(str(word), [str(c) for c in choices], n=1, cutoff=0.75)
-    return f" (did you mean {close[0]!r}?)" if close else ""
 
 
 def _type_name(value) -> str:
