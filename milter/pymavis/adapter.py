@@ -328,13 +328,14 @@ class PymavisMilter(Milter.Base):
             builder.end_of_headers()
         macros = self._macros(EOM_MACROS)
         txn = builder.freeze(macros.get("i") or builder.macros.get("i"), macros)
-        self.log = logmod.for_context(self.log.extra["ctx"])
-        if builder.failed:
-            self.log.error("answering TEMPFAIL for mail_id %s: %s", txn.mail_id, builder.failed)
-            return self._answer(outcome_mod.internal_error(txn.mail_id, accept=self._accept_on_error()))
         deadline = self.config.settings["milter"]["scan_deadline_s"]
         self.app.begin()
         try:
+            if builder.failed:
+                self.log.error("answering TEMPFAIL for mail_id %s: %s", txn.mail_id, builder.failed)
+                return self._answer(outcome_mod.internal_error(txn.mail_id, accept=self._accept_on_error()))
+            # XXX: on a deadline the work goes on in its worker thread (it cannot be cancelled)
+            # and the spool is closed under it; its late exception is discarded with the future.
             future = self.app.executor.submit(pipeline.process, self.config, self.policy, txn)
             try:
                 result = future.result(timeout=deadline)

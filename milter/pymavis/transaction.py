@@ -41,7 +41,9 @@ class Spool:
         self._file = tempfile.SpooledTemporaryFile(max_size=memory_limit, dir=tmp_dir, prefix="pymavis-")
         self.size = 0          # every byte offered, stored or not
         self.stored = 0        # bytes actually kept
-        self.truncated = False
+        self.truncated = False  # XXX: checks that scan content must read this as UNCHECKED,
+                                # never as clean (only possible when every limit is passed
+                                # and a recipient's oversized destiny is pass)
 
     def write(self, data: bytes, *, store: bool = True):
         self.size += len(data)
