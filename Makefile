@@ -12,8 +12,9 @@ PYTEST_ARGS ?=
 # Debian packages: building pymilter needs libmilter-dev, gcc and the Python headers;
 # python-magic and libarchive-c load libmagic and libarchive at run time.
 RUN_DEBS   := libmilter-dev libmagic1 libarchive13 gcc python3-dev python3-venv
-# Tests: a real Postfix in front (its smtp-sink/smtp-source too), miltertest, zip (encrypted archives).
-TEST_DEBS  := postfix miltertest zip
+# Tests: a real Postfix in front (its smtp-sink/smtp-source too), miltertest, zip (encrypted
+# archives), clamav-testfiles (the clam.* containers the decoder must open).
+TEST_DEBS  := postfix miltertest zip clamav-testfiles
 
 export DEBIAN_FRONTEND := noninteractive
 

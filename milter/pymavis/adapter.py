@@ -349,6 +349,8 @@ class PymavisMilter(Milter.Base):
                 self.log.warning("mail_id %s: lookup failed (%s); reply: %s", txn.mail_id,
                                  result.outcome.lookup_error, result.outcome.reply)
             elapsed = (time.monotonic() - txn.started) * 1000
+            for line in report.finding_lines(txn, result.findings):
+                self.log.info("%s", line)
             for line in report.main_lines(txn, self.policy, result.outcome, elapsed):
                 self.log.info("%s", line)
             if result.outcome.notify_sender:

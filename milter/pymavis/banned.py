@@ -205,11 +205,13 @@ def evaluate(parts: Iterable[Part], rule_sets: Sequence[RuleSet]) -> BannedResul
     return None
 
 
-def to_finding(result: BannedResult) -> Finding:
+def to_finding(result: BannedResult, rcpts: frozenset | None = None) -> Finding:
+    """The BANNED finding for `rcpts` (None: every recipient)."""
     return Finding(
         check="banned",
         ccat=Ccat.BANNED,
         detail=result.chain,
+        rcpts=rcpts,
         values=(("banned_part", result.chain), ("banned_rule", result.rule_ref), ("banned_why", result.rule.why)),
     )
 

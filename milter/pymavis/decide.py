@@ -39,7 +39,7 @@ BYPASS_SETTING = {
     Ccat.BADH: "bypass_header_checks",
 }
 PER_RCPT_SETTINGS = tuple(sorted(set(LOVERS_SETTING.values()) | set(BYPASS_SETTING.values())
-                                 | {"message_size_limit"}))
+                                 | {"message_size_limit", "banned_filename_maps"}))
 
 
 @dataclass(frozen=True)

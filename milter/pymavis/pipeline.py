@@ -2,6 +2,12 @@
 resolve per-recipient settings, run the checks in order, decide per recipient, collapse
 into one Outcome. Pure apart from the checks' own I/O; the adapter applies the result.
 
+A check that could not do its work becomes UNCHECKED (minor 0, its reason) for every
+recipient: never clean. Mail passed to recipients despite findings carries one
+`alert_header_tag` header per finding that applies to a passed recipient (amavis's
+X-Amavis-Alert). Headers are per message in milter, so a finding for some passed
+recipients is shown to all passed recipients (per-recipient header groups come later).
+
 Test hooks (environment, tests only): with PYMAVIS_FAULT_INJECT=MARKER a message whose
 Subject contains MARKER raises here, to prove that an internal error answers TEMPFAIL and
 the MTA keeps the message; with PYMAVIS_SLOW_INJECT=MARKER:SECONDS such a message takes that
@@ -15,7 +21,7 @@ import time
 from dataclasses import dataclass
 
 from . import checks as checks_mod
-from .categories import Finding
+from .categories import Ccat, Finding
 from .decide import RcptDecision, decide, resolve_rcpt
 from .log import log
 from .lookups import LookupFailed
@@ -30,11 +36,37 @@ class Result:
     timings: tuple   # (stage, ms) pairs
 
 
-def pass_headers(config, policy) -> tuple[HeaderEdit, ...]:
-    if not policy.x_header_line:
-        return ()
-    value = policy.x_header_line.replace("{mydomain}", config.mydomain).replace("{myhostname}", config.myhostname)
-    return (HeaderEdit(policy.x_header_tag, value, "insert"),)
+def pass_headers(config, policy, findings=(), decisions=()) -> tuple[HeaderEdit, ...]:
+    edits = []
+    if policy.x_header_line:
+        value = policy.x_header_line.replace("{mydomain}", config.mydomain).replace("{myhostname}", config.myhostname)
+        edits.append(HeaderEdit(policy.x_header_tag, value, "insert"))
+    if policy.alert_header_tag:
+        passed = [d.rcpt for d in decisions if not d.blocked]
+        edits.extend(HeaderEdit(policy.alert_header_tag, alert_text(f), "insert")
+                     for f in findings if any(f.applies_to(r) for r in passed))
+    return tuple(edits)
+
+
+_ALERT_PREFIX = {Ccat.VIRUS: "INFECTED, message contains virus: ", Ccat.BANNED: "BANNED, message contains ",
+                 Ccat.UNCHECKED: "UNCHECKED, ", Ccat.OVERSIZED: "OVERSIZED, "}
+
+
+def alert_text(finding: Finding) -> str:
+    """amavis's X-Amavis-Alert wording ('BAD HEADER SECTION, ...' is already in the detail)."""
+    return _ALERT_PREFIX.get(finding.ccat, "") + finding.detail
+
+
+def scan_for(config, policy, txn, rcpt_settings) -> checks_mod.Scan:
+    """The checks' view of one message, with the configuration's decoding settings."""
+    if config is None:
+        return checks_mod.Scan(txn, policy, rcpt_settings)
+    return checks_mod.Scan(txn, policy, rcpt_settings, limits=config["decode"], type_map=config["file_type_map"],
+                           rule_sets=config["banned_rules"])
+
+
+def unchecked(result: checks_mod.CheckResult) -> Finding:
+    return Finding(result.name, Ccat.UNCHECKED, 0, f"{result.name} check failed: {result.could_not_check}")
 
 
 _FAULT_MARKER = os.environ.get("PYMAVIS_FAULT_INJECT")
@@ -61,14 +93,15 @@ def process(config, policy, txn, checks=None) -> Result:
         return Result(Outcome(Action.TEMPFAIL, reply, lookup_error=str(exc)), (), (), ())
     timings.append(("lookups", (time.monotonic() - t0) * 1000))
     results = []
+    scan = scan_for(config, policy, txn, rcpt_settings)
     for check in (checks if checks is not None else checks_mod.CHECKS):
         t1 = time.monotonic()
-        result = check(txn, policy, rcpt_settings)
+        result = check(scan)
         results.append(result)
         timings.append((result.name, (time.monotonic() - t1) * 1000))
-    findings = tuple(f for r in results for f in r.findings)
+    findings = tuple(f for r in results for f in (*r.findings, *([unchecked(r)] if r.could_not_check else [])))
     t2 = time.monotonic()
     decisions: tuple[RcptDecision, ...] = tuple(decide(policy, rs, findings) for rs in rcpt_settings)
-    outcome = collapse(policy, decisions, txn.mail_id, pass_headers(config, policy))
+    outcome = collapse(policy, decisions, txn.mail_id, pass_headers(config, policy, findings, decisions))
     timings.append(("decide", (time.monotonic() - t2) * 1000))
     return Result(outcome, findings, tuple(results), tuple(timings))

@@ -69,7 +69,8 @@ class Policy:
         return hit.value if hit is not None else _FALLBACK.get(name, False)
 
 
-_FALLBACK = {"message_size_limit": 0}
+# When no table of a per-recipient lookup answers: bypass/lovers False, these otherwise.
+_FALLBACK = {"message_size_limit": 0, "banned_filename_maps": ("DEFAULT",)}
 
 
 def merge(config: Config, bank_path: tuple) -> Policy:

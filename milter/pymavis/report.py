@@ -17,6 +17,24 @@ _VERB = {"pass": "Passed", "discard": "Blocked", "bounce": "Blocked", "reject": 
 _HOW = {"pass": "Relayed", "discard": "Discarded", "bounce": "Bounced", "reject": "Rejected", "tempfail": "TempFailed"}
 
 
+# amavis's log names for UNCHECKED minors; AMBIGUOUS is ours (checks/content.py)
+_MINOR_NAMES = {(Ccat.UNCHECKED, 1): "UNCHECKED-ENCRYPTED", (Ccat.UNCHECKED, 2): "UNCHECKED-OVERLIMIT",
+                (Ccat.UNCHECKED, 3): "UNCHECKED-AMBIGUOUS"}
+
+
+def ccat_name(ccat: Ccat, minor: int = 0) -> str:
+    return _MINOR_NAMES.get((ccat, minor), ccat.name)
+
+
+def finding_lines(txn, findings) -> list[str]:
+    """One line per finding, with its numbers: what the main line's category rests on."""
+    lines = []
+    for f in findings:
+        rcpts = "" if f.rcpts is None else " for " + ",".join(f"<{header_text(r, 300)}>" for r in sorted(f.rcpts))
+        lines.append(f"mail_id {txn.mail_id}: {ccat_name(f.ccat, f.minor)} ({f.check}){rcpts}: {header_text(f.detail, 2000)}")
+    return lines
+
+
 def direction(policy, rcpt_is_local: bool) -> str:
     if not policy.originating:
         return "Inbound"
@@ -31,9 +49,9 @@ def main_lines(txn, policy, outcome: Outcome, elapsed_ms: float) -> list[str]:
             destiny = "reject"
         elif outcome.action is Action.TEMPFAIL:
             destiny = "tempfail"
-        ccat = d.blocking.ccat if d.blocking else d.main
+        ccat = ccat_name(d.blocking.ccat, d.blocking.minor) if d.blocking else ccat_name(d.main, d.main_minor)
         tagged = "Tagged" if destiny == "pass" and d.main > Ccat.CLEAN else ""
-        key = (_VERB[destiny], ccat.name, _HOW[destiny] + tagged + direction(policy, policy.is_local(d.rcpt)))
+        key = (_VERB[destiny], ccat, _HOW[destiny] + tagged + direction(policy, policy.is_local(d.rcpt)))
         groups.setdefault(key, []).append(d.rcpt)
     if not groups:  # a transaction without decisions (internal error before deciding)
         groups[("Blocked" if outcome.action is not Action.CONTINUE else "Passed", "MTA",

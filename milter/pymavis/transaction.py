@@ -41,9 +41,7 @@ class Spool:
         self._file = tempfile.SpooledTemporaryFile(max_size=memory_limit, dir=tmp_dir, prefix="pymavis-")
         self.size = 0          # every byte offered, stored or not
         self.stored = 0        # bytes actually kept
-        self.truncated = False  # XXX: checks that scan content must read this as UNCHECKED,
-                                # never as clean (only possible when every limit is passed
-                                # and a recipient's oversized destiny is pass)
+        self.truncated = False  # content checks read this as UNCHECKED, never as clean
 
     def write(self, data: bytes, *, store: bool = True):
         self.size += len(data)
@@ -60,6 +58,23 @@ class Spool:
     def read(self) -> bytes:
         self._file.seek(0)
         return self._file.read()
+
+    def read_head(self, max_bytes: int = 1 << 20) -> bytes:
+        """The bytes up to and including the first empty line (the header section), or the
+        first `max_bytes` when there is none that early."""
+        self._file.seek(0)
+        head = b""
+        while len(head) < max_bytes:
+            chunk = self._file.read(min(64 * 1024, max_bytes - len(head)))
+            if not chunk:
+                break
+            searched_from = max(0, len(head) - 3)
+            head += chunk
+            ends = [end + len(sep) for sep in (b"\r\n\r\n", b"\n\n")
+                    if (end := head.find(sep, searched_from)) >= 0]
+            if ends:
+                return head[: min(ends)]
+        return head
 
     def fileno(self) -> int:
         """A real file descriptor (rolls the spool to disk if needed)."""

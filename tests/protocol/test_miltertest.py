@@ -43,7 +43,8 @@ def run(milter, tmp_path, *, connect=None, rcpts=("<b@example.com>",), body=BODY
         mail_args=None, checks="", mail_macros=None):
     lua = transaction(milter.libmilter_spec, connect_macros=connect or {}, mail_from="<a@example.org>",
                       mail_macros=mail_macros,
-                      rcpts=list(rcpts), headers=[("From", "a@example.org"), ("Subject", subject)],
+                      rcpts=list(rcpts), headers=[("From", "a@example.org"), ("Date", "Sun, 22 Nov 2026 06:00:00 +0000"),
+                               ("Subject", subject)],
                       body=body, mail_args=mail_args, checks=checks)
     out = run_script(lua, tmp_path)
     return results(out), out
@@ -97,7 +98,7 @@ def test_oversized_for_the_bank_limit_is_rejected_with_552(milter, tmp_path):
     r, out = run(milter, tmp_path, connect={"{daemon_port}": "10587"}, body=BODY_2K)
     assert r["eom"] == "y", out   # 'y': a reply code was set (miltertest's MT_SMTPREPLY check is unreliable)
     assert "Blocked OVERSIZED {RejectedInternal}" in last_line(milter)
-    size = len("From: a@example.org\r\nSubject: hi\r\n\r\n") + len(BODY_2K)
+    size = len("From: a@example.org\r\nDate: Sun, 22 Nov 2026 06:00:00 +0000\r\nSubject: hi\r\n\r\n") + len(BODY_2K)
     assert f"reply: 552 5.3.4 Message size ({size} bytes) exceeds recipient's size limit (1000)" in last_line(milter)
 
 

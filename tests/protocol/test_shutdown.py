@@ -8,7 +8,7 @@ from harness.milterclient import MilterClient
 from harness.net import LOOPBACK
 from harness.pymavisd import PymavisProcess
 
-MESSAGE = b"From: a@example.org\r\nSubject: slow one\r\n\r\nhello\r\n"
+MESSAGE = b"From: a@example.org\r\nDate: Sun, 22 Nov 2026 06:00:00 +0000\r\nSubject: slow one\r\n\r\nhello\r\n"
 
 
 def test_sigterm_finishes_the_message_in_flight(tmp_path):

@@ -8,7 +8,8 @@ message that went wrong and reports them together, naming folder and file.
 
 What "went wrong" means for a message: the client raised (the milter closed the connection,
 answered garbage, or said nothing for CLIENT_TIMEOUT_S), the answer was not "continue" with
-our X-Virus-Scanned header inserted at the top (or 552 for a message over the size limit),
+our X-Virus-Scanned header inserted at the top (or 552 for a message over the size limit;
+every other category's destiny is pass here),
 pymavis counted a different size than the client sent (bytes lost or added on the way), it
 took longer than SLOW_S, or the pymavis log gained "internal error" or "Traceback" while
 it was processed. The process must survive the corpus and exit cleanly on SIGTERM.
@@ -47,6 +48,11 @@ interface_policy: {{{SMALL_BANK_PORT}: SMALL}}
 milter: {{scan_deadline_s: 20}}
 policy:
   local_domains: [example.com]
+  # every category passes (tagged), so every message is answered "continue" and its size checked
+  final_virus_destiny: pass
+  final_banned_destiny: pass
+  final_unchecked_destiny: pass
+  final_bad_header_destiny: pass
   message_size_limit: {{"small@example.com": 500, ".": {SIZE_LIMIT}}}
 """
 BANKS = {"small.yaml": """\
@@ -174,7 +180,8 @@ def test_corpus_folder(milter, folder):
 def _message(body_bytes: int, subject: str = "test") -> bytes:
     line = b"x" * 78 + b"\n"
     body = line * (body_bytes // len(line) + 1)
-    return f"From: a@example.org\nSubject: {subject}\n\n".encode() + body[:body_bytes - 1] + b"\n"
+    return (f"From: a@example.org\nDate: Sun, 22 Nov 2026 06:00:00 +0000\nSubject: {subject}\n\n".encode()
+            + body[:body_bytes - 1] + b"\n")
 
 
 def test_negotiation_is_what_pymavis_asks_for(milter):

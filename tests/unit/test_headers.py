@@ -9,7 +9,7 @@ import pytest
 
 from conftest import CORPUS
 from pymavis.categories import Ccat
-from pymavis.checks import headers
+from pymavis.checks import Scan, headers
 from pymavis.checks.headers import ALL_TESTS, header_problems, header_section
 
 GOOD = (b"From: Alice <alice@example.org>\r\n"
@@ -192,11 +192,14 @@ class FakeSpool:
             raise self.data
         return self.data
 
+    def read_head(self, max_bytes):
+        return self.read()[:max_bytes]
+
 
 def run(message, policy=None, bypass=(False,)):
     txn = SimpleNamespace(spool=FakeSpool(message))
     settings = [SimpleNamespace(rcpt=f"r{i}@x", get={"bypass_header_checks": b}.get) for i, b in enumerate(bypass)]
-    return headers.check(txn, policy or SimpleNamespace(), settings)
+    return headers.check(Scan(txn, policy or SimpleNamespace(), tuple(settings)))
 
 
 CHECK_CASES = [
@@ -209,7 +212,7 @@ CHECK_CASES = [
     ("test-disabled-by-mapping", GOOD + b"From: e@x\r\n\r\n", {"allowed_header_tests": {"multiple": False, "8bit": True}}, (False,), None),
     ("tests-as-collection", GOOD + b"From: e@x\r\n\r\n", {"allowed_header_tests": ["8bit"]}, (False,), None),
     ("utf8-allowed-by-default", GOOD.replace(b"hello", "é".encode()) + b"\r\n", {}, (False,), None),
-    ("utf8-disallowed", GOOD.replace(b"hello", "é".encode()) + b"\r\n", {"bad_header_8bit_allowed": False}, (False,), 2),
+    ("utf8-disallowed", GOOD.replace(b"hello", "é".encode()) + b"\r\n", {"bad_header_utf8_allowed": False}, (False,), 2),
 ]
 
 

@@ -45,7 +45,7 @@ exception class; nothing escapes header_problems. check() reports could_not_chec
 the spool cannot be read.
 
 Configuration read by check(): policy.allowed_header_tests (mapping name -> bool, or a
-collection of names; absent: all tests), policy.bad_header_8bit_allowed (absent: True, i.e.
+collection of names; absent: all tests), policy.bad_header_utf8_allowed (absent: True, i.e.
 valid UTF-8 is allowed); per recipient bypass_header_checks (all bypass: the check is
 skipped). bad_header_lovers is the decision's business, not this module's.
 """
@@ -73,6 +73,7 @@ MAX_LINE_OCTETS = 998           # RFC 5322 2.1.1, CRLF excluded
 MAX_PER_TEST = 10               # bounded output on hostile headers; the first one decides
 MAX_PARSE_CHARS = 16 * 1024     # longer values skip the email package's parser (see above)
 MAX_DETAIL_CHARS = 1000         # the Finding's detail; amavis crops its diagnostics too
+MAX_HEADER_BYTES = 1 << 20      # what is read of the spool looking for the header's end
 EXCERPT_BEFORE, EXCERPT_AFTER = 30, 20
 
 REQUIRED = ("from", "date")
@@ -333,21 +334,20 @@ def _tests_from(policy) -> frozenset[str]:
     return frozenset(allowed)
 
 
-def check(txn, policy, rcpt_settings) -> CheckResult:
+def check(scan) -> CheckResult:
     """Reads the header section from the spool, where the adapter wrote the fields exactly as
     it rebuilt them from the MTA's (name, value) pairs -- the same bytes txn.headers holds,
     already with CRLF line ends, without having to guess each field's ': ' separator."""
     started = time.monotonic()
-    if rcpt_settings and all(rs.get("bypass_header_checks") for rs in rcpt_settings):
+    if scan.everyone("bypass_header_checks"):
         return CheckResult("header")
     try:
-        # XXX: reads the whole spool for its first bytes; a bounded Spool.read_head() would
-        # keep a large message out of memory here.
-        raw = header_section(txn.spool.read())
+        raw = header_section(scan.txn.spool.read_head(MAX_HEADER_BYTES))
     except OSError as exc:
         return CheckResult("header", could_not_check=f"spool read failed: {exc}")
+    policy = scan.policy
     problems = header_problems(raw, _tests_from(policy),
-                               allow_utf8=bool(getattr(policy, "bad_header_8bit_allowed", True)))
+                               allow_utf8=bool(getattr(policy, "bad_header_utf8_allowed", True)))
     elapsed = (time.monotonic() - started) * 1000
     if not problems:
         return CheckResult("header", elapsed_ms=elapsed)

@@ -13,9 +13,10 @@ from pymavis.categories import Ccat, Finding
 from . import CheckResult
 
 
-def check(txn, policy, rcpt_settings) -> CheckResult:
+def check(scan) -> CheckResult:
+    txn = scan.txn
     over = {}
-    for rs in rcpt_settings:
+    for rs in scan.rcpt_settings:
         limit = rs.get("message_size_limit")
         if limit and txn.size > limit:
             over.setdefault(limit, set()).add(rs.rcpt)

@@ -9,6 +9,7 @@ new one and the running one stays in use until the new one is complete and valid
 
 from __future__ import annotations
 
+import dataclasses
 import glob
 import os
 import socket
@@ -104,6 +105,8 @@ def load(path: str) -> Config:
     g.update(_convert_settings(src, {k: v for k, v in raw_globals.items() if k in GLOBAL_SETTINGS},
                                (), GLOBAL_SETTINGS, ctx, errors, "the main file"))
 
+    # banned_filename_maps values are checked against the rule sets defined
+    ctx = dataclasses.replace(ctx, banned_rule_sets=frozenset(g["banned_rules"]))
     policy = _policy_defaults(ctx)
     raw_policy = data.get("policy") or {}
     if not isinstance(raw_policy, dict):

@@ -13,11 +13,17 @@ unchecked pass, oversized bounce.
 
 from __future__ import annotations
 
+import dataclasses
+import re
 from dataclasses import dataclass
 
+from pymavis import banned
+from pymavis.checks.headers import MINOR_OF_TEST
+from pymavis.decode import DEFAULT_TYPE_MAP, Limits
 from pymavis.spec import suggest
 
-from .types import Bool, BoolLookup, Enum, Float, Int, IpLookup, SettingError, SizeLookup, Str, StrMap, Type
+from .types import (Bool, BoolLookup, Enum, Float, Int, IpLookup, RuleSetsLookup, SettingError, SizeLookup, Str,
+                    StrMap, Type, _type_name)
 
 DESTINIES = ("pass", "discard", "bounce", "reject", "tempfail")
 CATEGORIES = ("CLEAN", "MTA", "OVERSIZED", "BADH", "SPAMMY", "SPAM", "UNCHECKED", "BANNED", "VIRUS")
@@ -72,6 +78,14 @@ POLICY_SETTINGS = _settings(
     Setting("final_oversized_destiny", Enum(DESTINIES), "bounce", "what happens to OVERSIZED mail"),
     Setting("smtp_reason_by_ccat", StrMap(Str(), keys=CATEGORIES), DEFAULT_SMTP_REASONS,
             "SMTP reply by content category: 'CODE X.Y.Z text' with {mail_id} {detail} {size} {limit}"),
+    Setting("banned_filename_maps", RuleSetsLookup(), "DEFAULT",
+            "per-recipient: which banned rule sets apply, in order ('NO-EXE,DEFAULT')"),
+    Setting("allowed_header_tests", StrMap(Bool(), keys=tuple(MINOR_OF_TEST)), {t: True for t in MINOR_OF_TEST},
+            "bad-header tests that run (mime 8bit control empty long syntax missing multiple); false turns one off"),
+    Setting("bad_header_utf8_allowed", Bool(), True,
+            "8-bit header text that is valid UTF-8 (RFC 6532) is not a bad header"),
+    Setting("alert_header_tag", Str(nullable=True), "X-Pymavis-Alert",
+            "header listing the findings on mail passed despite them (amavis's X-Amavis-Alert); null: none"),
     Setting("x_header_tag", Str(nonempty=True), "X-Virus-Scanned", "name of the header added to passed mail"),
     Setting("x_header_line", Str(nullable=True), "pymavis at {mydomain}",
             "its value ({mydomain}, {myhostname} expand); null: no header"),
@@ -132,6 +146,55 @@ class Section(Type):
         return "a mapping"
 
 
+@dataclass(frozen=True)
+class LimitsSection(Section):
+    """The `decode:` limits, converted to a decode.Limits."""
+
+    def convert(self, value, ctx):
+        return Limits(**super().convert(value, ctx))
+
+
+_LIMIT_TYPES = {int: Int(minimum=1), float: Float(minimum=0.1)}
+_DECODE_SETTINGS = {f.name: _LIMIT_TYPES[type(f.default)] for f in dataclasses.fields(Limits)}
+DECODE_DEFAULTS = {f.name: f.default for f in dataclasses.fields(Limits)}
+
+
+class BannedRules(Type):
+    """Rule sets by name ({SET: [rule, ...]}, banned.py); a set named like a shipped one
+    (DEFAULT, NO-EXE, ALLOW_EXE, NO-DISK-IMAGES) replaces it."""
+
+    def convert(self, value, ctx):
+        try:
+            return {**banned.DEFAULT_RULE_SETS, **banned.build_rule_sets(value or {})}
+        except banned.RuleSpecError as exc:
+            raise SettingError(str(exc), exc.path) from None
+
+    def describe(self):
+        return "a mapping of rule set names to lists of rules"
+
+
+class FileTypeMap(Type):
+    """[[REGEX, SHORT], ...] tried on libmagic's description before the shipped table."""
+
+    def convert(self, value, ctx):
+        if value is None:
+            value = []
+        if not isinstance(value, list):
+            raise SettingError(f"expected a list of [regex, short type] pairs, got {_type_name(value)}")
+        pairs = []
+        for i, item in enumerate(value):
+            if not (isinstance(item, list) and len(item) == 2 and all(isinstance(x, str) and x for x in item)):
+                raise SettingError(f"expected [regex, short type], got {item!r}", (i,))
+            try:
+                pairs.append((re.compile(item[0]), item[1]))
+            except re.error as exc:
+                raise SettingError(f"bad regular expression {item[0]!r}: {exc}", (i, 0)) from None
+        return (*pairs, *DEFAULT_TYPE_MAP)
+
+    def describe(self):
+        return "a list of [regex, short type] pairs"
+
+
 class _IpBankList(Type):
     """Documents the shape; load.py converts the entries itself (each `ip` is a lookup)."""
 
@@ -157,6 +220,12 @@ GLOBAL_SETTINGS = _settings(
             "bank by the MTA listener's {daemon_port}"),
     Setting("client_ipaddr_policy", _IpBankList(), (),
             "ordered list of {ip: lookup, bank: NAME}; the first match loads its bank"),
+    Setting("decode", LimitsSection(_DECODE_SETTINGS, DECODE_DEFAULTS), DECODE_DEFAULTS,
+            "limits of the walk over MIME parts and archives (see docs/decoding.md)"),
+    Setting("file_type_map", FileTypeMap(), [],
+            "[regex, short type] pairs tried on libmagic's description before the shipped table"),
+    Setting("banned_rules", BannedRules(), {},
+            "banned rule sets by name; DEFAULT, NO-EXE, ALLOW_EXE, NO-DISK-IMAGES are shipped"),
     Setting("mynets_bank", Str(nullable=True), "MYNETS", "bank loaded when the client is in mynetworks"),
     Setting("auth_bank", Str(nullable=True), "AUTH", "bank loaded when the client authenticated (SMTP AUTH)"),
     Setting("myusers_bank", Str(nullable=True), "MYUSERS",

@@ -20,6 +20,7 @@ class SettingError(SpecError):
 @dataclass(frozen=True)
 class ConvertContext:
     base_dir: str  # relative file names in lookups resolve against this
+    banned_rule_sets: frozenset = frozenset()  # names banned_filename_maps may use
 
 
 def _type_name(value) -> str:
@@ -194,6 +195,31 @@ class Lookup(Type):
 
     def describe(self):
         return "a lookup (a value, a list, a mapping or a list of tables)"
+
+
+def rule_set_names(value, known: frozenset) -> tuple[str, ...]:
+    """amavis's "NO-EXE,DEFAULT" (or a list of names): the banned rule sets, in order."""
+    if isinstance(value, str):
+        names = [n.strip() for n in value.split(",") if n.strip()]
+    elif isinstance(value, list) and all(isinstance(n, str) for n in value):
+        names = [n.strip() for n in value]
+    else:
+        raise ValueError(f"expected rule set names ('NO-EXE,DEFAULT' or a list), got {value!r}")
+    for name in names:
+        if name not in known:
+            raise ValueError(f"unknown banned rule set {name!r}{suggest(name, known)}; "
+                             f"defined: {', '.join(sorted(known))}")
+    return tuple(names)
+
+
+@dataclass(frozen=True)
+class RuleSetsLookup(Lookup):
+    """A per-recipient lookup whose values name banned rule sets, checked against the sets
+    defined (shipped plus `banned_rules`) when the configuration is loaded."""
+
+    def convert(self, value, ctx):
+        check = lambda v: rule_set_names(v, ctx.banned_rule_sets)  # noqa: E731
+        return Lookup(self.kind, check).convert(value, ctx)
 
 
 BoolLookup = Lookup("address", bool_from_text)

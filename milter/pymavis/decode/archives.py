@@ -87,7 +87,7 @@ def _read(data: bytes, fmt: str, max_ratio: int, room: Callable[[], int], raw_na
         for entry in archive:
             if entry.isdir:
                 continue
-            member_name = raw_name if fmt == "raw" else entry.pathname
+            member_name = raw_name if fmt == "raw" else _text(entry.pathname)
             if _entry_is_encrypted(entry._entry_p):
                 yield Issue("encrypted", f"{member_name}: encrypted archive member")
                 yield Member(member_name, None)
@@ -105,6 +105,17 @@ def _read(data: bytes, fmt: str, max_ratio: int, room: Callable[[], int], raw_na
                     return
                 chunks.append(block)
             yield Member(member_name, b"".join(chunks))
+
+
+def _text(name: str | bytes | None) -> str | None:
+    """libarchive-c gives bytes for a name it cannot decode: a zip without its UTF-8 flag
+    holds the sender's DOS code page, which cp437 at least maps byte for byte."""
+    if isinstance(name, bytes):
+        try:
+            return name.decode("utf-8")
+        except UnicodeDecodeError:
+            return name.decode("cp437")
+    return name
 
 
 def _message(exc: libarchive.ArchiveError) -> str:
