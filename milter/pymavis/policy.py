@@ -18,7 +18,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from types import MappingProxyType
 
-from pymavis import lookups
 from pymavis.config import Config
 
 

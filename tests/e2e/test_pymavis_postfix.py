@@ -41,7 +41,7 @@ BANKS = {"banks.yaml": """\
 
 
 def message(subject: str, body: str = "hello\r\n", to: str = "bob@example.net") -> bytes:
-    return (f"From: {SENDER}\r\nTo: {to}\r\nSubject: {subject}\r\n"
+    return (f"From: {SENDER}\r\nTo: {to}\r\nSubject: {subject}\r\nDate: Sun, 22 Nov 2026 06:00:00 +0000\r\n"
             f"Message-ID: <{uuid.uuid4().hex}@example.org>\r\n\r\n{body}").encode()
 
 

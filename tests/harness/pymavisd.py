@@ -12,7 +12,6 @@ import signal
 import subprocess
 import sys
 import textwrap
-import time
 
 from .net import LOOPBACK, free_port, port_is_open, wait_until
 

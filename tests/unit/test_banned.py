@@ -6,12 +6,10 @@ forwarded message, an RFC 2231 name hiding a double extension).
 """
 
 import base64
-import io
-import struct
-import zipfile
 
 import pytest
 
+from harness.samples import pe, zip_bytes
 from pymavis.banned import (
     DEFAULT_RULE_SETS,
     DEFAULT_SPEC,
@@ -342,26 +340,6 @@ def test_empty_matchers_match_every_part():
 
 
 # --- through the walker ---------------------------------------------------------------------
-
-
-def pe():
-    """A minimal PE header libmagic recognises (as in test_decode.py)."""
-    dos = bytearray(128)
-    dos[0:2] = b"MZ"
-    struct.pack_into("<I", dos, 0x3C, 128)
-    coff = struct.pack("<HHIIIHH", 0x14C, 1, 0, 0, 0, 224, 0x0102)
-    opt = bytearray(224)
-    struct.pack_into("<H", opt, 0, 0x10B)
-    struct.pack_into("<H", opt, 68, 2)
-    return bytes(dos) + b"PE\0\0" + coff + bytes(opt) + bytes(40)
-
-
-def zip_bytes(*members):
-    buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
-        for name, data in members:
-            zf.writestr(name, data)
-    return buf.getvalue()
 
 
 def multipart(*parts, boundary="BOUNDARY", headers=b"From: a@example.com\nSubject: test\n"):

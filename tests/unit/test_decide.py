@@ -1,6 +1,5 @@
 """Per-recipient decisions and their collapse into one milter answer, as tables."""
 
-import os
 import textwrap
 
 import pytest

@@ -20,27 +20,13 @@ import zipfile
 
 import pytest
 
+from harness.samples import pe
 from pymavis.decode import DEFAULT_TYPE_MAP, Limits, Part, Problem, walk
 from pymavis.decode import mime
 from pymavis.decode.types import detect, short_type
 
 
 # --- samples -------------------------------------------------------------------------
-
-
-def pe(dll=False, pe32plus=False):
-    """A minimal PE header libmagic recognises: MZ stub, PE signature, COFF, optional header."""
-    dos = bytearray(128)
-    dos[0:2] = b"MZ"
-    struct.pack_into("<I", dos, 0x3C, 128)
-    characteristics = 0x2102 if dll else 0x0102
-    machine = 0x8664 if pe32plus else 0x14C
-    opt_size = 240 if pe32plus else 224
-    coff = struct.pack("<HHIIIHH", machine, 1, 0, 0, 0, opt_size, characteristics)
-    opt = bytearray(opt_size)
-    struct.pack_into("<H", opt, 0, 0x20B if pe32plus else 0x10B)
-    struct.pack_into("<H", opt, 68, 2)  # subsystem: Windows GUI
-    return bytes(dos) + b"PE\0\0" + coff + bytes(opt) + bytes(40)
 
 
 def elf(kind=2):

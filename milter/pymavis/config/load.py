@@ -16,12 +16,10 @@ import socket
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
-from pymavis import lookups
+from pymavis.spec import suggest
 
 from . import yamlsrc
 from .schema import BUILTIN_BANKS, GLOBAL_SETTINGS, POLICY_SETTINGS
-from pymavis.spec import suggest
-
 from .types import ConvertContext, IpLookup, SettingError
 
 
