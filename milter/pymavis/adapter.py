@@ -176,7 +176,6 @@ class PymavisMilter(Milter.Base):
         self.builder: TransactionBuilder | None = None
         self.mail_id: str | None = None   # of the current (or last) transaction, for error replies
         self.policy = None
-        self.rcpt_limits: list[int] = []
         self.messages = 0
         self._protocol = 0
         self._actions = 0
@@ -282,13 +281,7 @@ class PymavisMilter(Milter.Base):
             self.log.info("RCPT <%s> refused: declared SIZE %d > message_size_limit %d", addr, declared, limit)
             return self._answer(Outcome(Action.REJECT, Reply(
                 "552", "5.3.4", f"Message size ({declared} bytes) exceeds the size limit ({limit}) of this recipient")))
-        self.builder.rcpts.append(Rcpt(to, addr, tuple(params)))
-        self.rcpt_limits.append(limit)
-        # Past every recipient's limit the message is OVERSIZED for all: stop storing bytes.
-        if all(self.rcpt_limits):
-            self.builder.store_limit = max(self.rcpt_limits)
-        else:
-            self.builder.store_limit = None
+        self.builder.add_rcpt(Rcpt(to, addr, tuple(params)), limit)
         return Milter.CONTINUE
 
     @_guard("header", no_reply=True)
@@ -375,7 +368,6 @@ class PymavisMilter(Milter.Base):
         if self.builder is not None:
             self.builder.close()
         self.builder = None
-        self.rcpt_limits = []
 
 
 def _reload_waiter(app: App):

@@ -22,6 +22,13 @@ class Ccat(enum.IntEnum):
     VIRUS = 9
 
 
+# amavisd-new's content-type names (its %ccat_display_names, major categories), as
+# `pymavis scan --json` and the JSON log report them.
+CONTENT_TYPE_NAMES = {Ccat.CLEAN: "Clean", Ccat.MTA: "MTA", Ccat.OVERSIZED: "Oversized", Ccat.BADH: "BadHdr",
+                      Ccat.SPAMMY: "Spammy", Ccat.SPAM: "Spam", Ccat.UNCHECKED: "Unchecked", Ccat.BANNED: "Banned",
+                      Ccat.VIRUS: "Virus"}
+
+
 @dataclass(frozen=True)
 class Finding:
     """What one check found. `rcpts` None means every recipient; else only those listed

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from . import checks as checks_mod
 from .categories import Ccat, Finding
@@ -34,6 +34,7 @@ class Result:
     findings: tuple[Finding, ...]
     checks: tuple
     timings: tuple   # (stage, ms) pairs
+    scan: checks_mod.Scan | None = field(default=None, compare=False, repr=False)  # None when no check ran
 
 
 def pass_headers(config, policy, findings=(), decisions=()) -> tuple[HeaderEdit, ...]:
@@ -104,4 +105,4 @@ def process(config, policy, txn, checks=None) -> Result:
     decisions: tuple[RcptDecision, ...] = tuple(decide(policy, rs, findings) for rs in rcpt_settings)
     outcome = collapse(policy, decisions, txn.mail_id, pass_headers(config, policy, findings, decisions))
     timings.append(("decide", (time.monotonic() - t2) * 1000))
-    return Result(outcome, findings, tuple(results), tuple(timings))
+    return Result(outcome, findings, tuple(results), tuple(timings), scan)

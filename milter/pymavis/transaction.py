@@ -149,8 +149,16 @@ class TransactionBuilder:
         self.started = time.monotonic()
         self.declared_size = _size_param(params)
         self.store_limit: int | None = None   # stop storing past this many bytes (None: no cap)
+        self._limits: list[int] = []          # each recipient's message_size_limit
         self.failed: str | None = None        # an error seen in a no-reply callback
         self.headers_done = False
+
+    def add_rcpt(self, rcpt: Rcpt, size_limit: int):
+        """A recipient and its message_size_limit (0: none). Past every recipient's limit the
+        message is OVERSIZED for all of them, so further bytes are counted, not stored."""
+        self.rcpts.append(rcpt)
+        self._limits.append(size_limit)
+        self.store_limit = max(self._limits) if all(self._limits) else None
 
     def add_header(self, name: str, value: str, raw: bytes):
         self.headers.append((name, value))
