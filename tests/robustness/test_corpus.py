@@ -16,7 +16,8 @@ it was processed. The process must survive the corpus and exit cleanly on SIGTER
 
 Limits: scan_deadline_s is set to 20 s so a check that hangs shows as a TEMPFAIL answer
 well before the client gives up (CLIENT_TIMEOUT_S); SLOW_S flags a message that does not
-hang but is far slower than the rest (the whole corpus takes a few seconds).
+hang but comes close to the deadline (the whole corpus takes a few seconds; speed is
+measured in bench/, never asserted here).
 
 A leading mbox "From " line is dropped before sending: it is the envelope of the mailbox
 the file came from, which an MTA never sees as part of the message.
@@ -40,7 +41,7 @@ from harness.pymavisd import PymavisProcess
 
 SIZE_LIMIT = 10_000_000
 CLIENT_TIMEOUT_S = 30
-SLOW_S = 5.0
+SLOW_S = 15.0   # a hang guard below scan_deadline_s (20 s), not a speed target
 SMALL_BANK_PORT = "10587"
 
 MAIN = f"""\

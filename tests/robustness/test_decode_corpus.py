@@ -2,7 +2,9 @@
 
 One test per corpus source folder walks every message MANIFEST.tsv lists there and collects
 what went wrong, naming the file: a Problem "error" (the walker caught an exception; damaged archives excepted), a
-walk slower than SLOW_MS, or an implausible part count. Plausible means: what Python's
+walk stopped by its own deadline (Limits.deadline_s, 10 s: a hang guard, not a speed
+target - the whole corpus walks in ~2 s; speed is bench/'s business), or an implausible
+part count. Plausible means: what Python's
 `email` counts (MANIFEST's `parts` column), minus the header blocks of
 message/delivery-status parts (one leaf for us), plus what we decode further (uuencoded
 blocks, attached messages), so between that and 3x + 10; a walk stopped by a limit only
@@ -26,7 +28,6 @@ import pytest
 from conftest import CORPUS
 from pymavis.decode import Limits, walk
 
-SLOW_MS = 2000  # the whole corpus walks in about 2 s; the slowest message (3,043 parts) ~0.6 s
 
 with open(os.path.join(CORPUS, "MANIFEST.tsv"), newline="") as _f:
     MANIFEST = list(csv.DictReader(_f, delimiter="\t"))
@@ -73,8 +74,8 @@ def test_corpus_folder_walks(source):
         errors = [p for p in result.problems if p.minor == "error" and not p.detail.startswith("archive unreadable")]
         if errors:
             wrong.append(f"{where}: {errors}")
-        if wall_ms > SLOW_MS:
-            wrong.append(f"{where}: {wall_ms:.0f} ms > {SLOW_MS} ms")
+        if any(p.detail.startswith("decoding time") for p in result.problems):
+            wrong.append(f"{where}: stopped by the decoding deadline after {wall_ms:.0f} ms")
         count, python_count = len(result.parts), int(row["parts"])
         if any(p.minor == "over limits" for p in result.problems):
             plausible = 1 <= count <= limits.max_parts
@@ -93,8 +94,6 @@ def test_corpus_timing_summary():
     total = sum(TIMINGS.values())
     print(f"\ncorpus walk: {len(TIMINGS)} messages in {total:.0f} ms; slowest: "
           + ", ".join(f"{name} {ms:.0f} ms" for name, ms in slowest))
-    assert total < 30_000
-    assert slowest[0][1] < SLOW_MS
 
 
 # --- mime4j's expected structures ----------------------------------------------------

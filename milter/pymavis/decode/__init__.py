@@ -6,16 +6,19 @@ depth path ("1/2/1"), declared name and type, libmagic's type and the decoded si
 the `Problem`s met on the way. Containers (multipart, message/rfc822) are parts too, so a
 part's ancestors are the parts whose depth paths prefix its own. Leaves are looked into:
 an rfc822 message in base64 or a part that libmagic calls mail is parsed as a nested
-message (amavis's 'mail' decoder), uuencoded blocks in text and the members of archives
-and compressed files (archives.py, libarchive) become child parts.
+message (amavis's 'mail' decoder), and so is each message of a text that is an mbox
+file (libmagic calls those plain text); uuencoded and BinHex blocks in text (binhex.py),
+the attachments and bodies of TNEF (tnef.py, tnefparse) and the members of archives and
+compressed files (archives.py, libarchive) become child parts.
 
 Numbering differs from amavis in one way: amavis numbers leaves before their containers
 (MIME-tools writes files first); we number in walk order (pre-order), so p001 is always
 the message itself.
 
 Limits (`Limits`, amavis's defaults): nesting depth, number of parts, total decoded
-bytes (amavis's expansion quota), a wall-clock deadline (looked at between parts and
-while parsing), and what libmagic sees. A breach stops that branch - for the global
+bytes (amavis's expansion quota, also handed to the decoders that expand: archives,
+BinHex), a wall-clock deadline (looked at between parts, while parsing and while
+tnefparse runs), and what libmagic sees. A breach stops that branch - for the global
 ones (parts, bytes, time) the whole walk - records Problem("over limits", part, numbers)
 and the walk returns what it has. Memory: the message, its parsed tree, and the decoded
 content of the part being looked at (and of the leaves that hold it, for nested content);
@@ -31,18 +34,22 @@ business, not ours.
 
 from __future__ import annotations
 
+import itertools
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from email.message import Message
 
-from pymavis.decode import archives, mime
+from pymavis.decode import archives, binhex, mime, tnef
 from pymavis.decode.types import DEFAULT_TYPE_MAP, TypeMap, detect
 
 # How deep Python's parser may nest however low max_depth is (rspamd's max_nested).
 # Its parser recurses about three frames per level (RecursionError near 330 levels),
 # so 64 stays far from the interpreter's limit even from a deep call stack.
 PARSE_DEPTH = 64
+
+# Short types of text, where uuencoded and BinHex blocks and mbox files are looked for.
+_TEXT = ("asc", "txt", "uue", "hqx")
 
 __all__ = ["DEFAULT_TYPE_MAP", "Limits", "Part", "Problem", "Walk", "detect", "walk"]
 
@@ -252,28 +259,45 @@ class _Walker:
         self.parts.append(Part(path, depth_path, name, declared, short, description, len(data)))
         if not self._spend(path, len(data)):
             return None
+        text = short in _TEXT or (declared or "").startswith("text/")
         if short == "mail":
             nested = self._nested(data, path, depth_path)
             if nested is not None:
                 return nested
+        elif text and mime.mbox_starts(data):
+            return self._mbox(data, path, depth_path)
         if archives.readable(short):
-            return self._members(data, short, name, path)
-        if short in ("asc", "txt", "uue") or (declared or "").startswith("text/"):
-            return (_Node(data=content, name=uu_name) for uu_name, content in mime.uu_blocks(data))
+            items = archives.members(data, short, name, self.limits.max_member_ratio, self._room)
+            return self._members(items, path)
+        if short == "tnef":
+            return self._members(tnef.members(data, self.deadline), path)
+        if text:
+            uu = (_Node(data=content, name=uu_name) for uu_name, content in mime.uu_blocks(data))
+            return itertools.chain(uu, self._members(binhex.members(data, self._room), path))
         return None
 
-    def _members(self, data: bytes, short: str, name: str | None, path: str) -> Iterator[_Node]:
-        """The members of an archive (or a compressed file) at `path`, one at a time."""
-        room = lambda: max(0, self.quota - self.expanded)  # noqa: E731
-        for item in archives.members(data, short, name, self.limits.max_member_ratio, room):
+    def _room(self) -> int:
+        """Bytes the walk may still decode."""
+        return max(0, self.quota - self.expanded)
+
+    def _members(self, items: Iterator[archives.Member | archives.Issue], path: str) -> Iterator[_Node]:
+        """What a container at `path` holds (archive, TNEF, BinHex), one at a time; its Issues as Problems."""
+        for item in items:
             if isinstance(item, archives.Issue):
-                if item.quota:
-                    self._over("bytes", path, item.detail)
+                if item.stops:
+                    self._over(item.stops, path, item.detail)
                     self.stopped = True
                 else:
                     self.problems.append(Problem(item.minor, path, item.detail))
             else:
                 yield _Node(data=item.content, name=item.name)
+
+    def _mbox(self, data: bytes, path: str, depth_path: str) -> Iterator[_Node]:
+        """Each message of an mbox file, one level below `path`."""
+        for message in mime.mbox_messages(data):
+            nested = self._nested(message, path, depth_path)
+            if nested is not None:
+                yield from nested
 
     def _nested(self, data: bytes, path: str, depth_path: str) -> Iterator[_Node] | None:
         """`data` as a message one level below `path`, if it is one."""

@@ -13,9 +13,14 @@ Limits, counted while iterating `entry.get_blocks()` (declared sizes can lie):
   (XXX: libarchive does not tell a member's compressed size; the archive's size bounds
   it from above, so the ratio we apply is the lenient one);
 - all members together may not exceed `room()` bytes, the walk's remaining quota.
-A breach ends this archive with an Issue("over limits"). An encrypted member yields its
-name with no content and Issue("encrypted"). A damaged archive ends with
-Issue("error", the libarchive message); the members read before it stay.
+A breach ends this archive with an Issue("over limits"); past the quota the Issue says
+it `stops` the walk's "bytes" limit. An encrypted member yields its name with no content
+and Issue("encrypted"); so does, with Issue("error"), a member libarchive can list but
+not decompress (ARCHIVE_FAILED: Deflate64 and Implode zip members in libarchive 3.6), and
+the archive goes on. A damaged archive (ARCHIVE_FATAL) ends with Issue("error", the
+libarchive message); the members read before it stay.
+
+`Member` and `Issue` are what every container decoder yields (binhex.py, tnef.py too).
 """
 
 from __future__ import annotations
@@ -34,6 +39,8 @@ ARCHIVES = {"zip", "7z", "rar", "cab", "lha", "cpio", "iso", "xar", "ar", "deb",
 COMPRESSED = {"gz", "bz2", "xz", "lzma", "zst", "lz4", "lz", "Z"}
 
 _entry_is_encrypted = ffi.ffi("entry_is_encrypted", [ffi.c_archive_entry_p], ctypes.c_int)
+# libarchive's status for "this entry failed, the archive can go on" (ARCHIVE_FATAL is -30)
+ARCHIVE_FAILED = -25
 
 
 @dataclass(frozen=True)
@@ -46,7 +53,7 @@ class Member:
 class Issue:
     minor: str  # "encrypted" | "over limits" | "error"
     detail: str
-    quota: bool = False  # the walk's byte quota ran out: the whole walk stops
+    stops: str | None = None  # a walk-wide limit ran out ("bytes", "deadline"): the whole walk stops
 
 
 def readable(short_type: str | None) -> bool:
@@ -92,19 +99,32 @@ def _read(data: bytes, fmt: str, max_ratio: int, room: Callable[[], int], raw_na
                 yield Issue("encrypted", f"{member_name}: encrypted archive member")
                 yield Member(member_name, None)
                 continue
-            limit = min(cap, room())
-            chunks, size = [], 0
-            for block in entry.get_blocks():
-                size += len(block)
-                if size > limit:
-                    if limit == cap:
-                        yield Issue("over limits", f"{member_name}: expands > {max_ratio}x the archive "
-                                    f"({size} > {cap} bytes), archive not read further")
-                    else:
-                        yield Issue("over limits", f"{member_name}: expanded bytes > quota left ({limit} bytes)", True)
-                    return
-                chunks.append(block)
-            yield Member(member_name, b"".join(chunks))
+            try:
+                content = _content(entry, member_name, min(cap, room()), cap, max_ratio)
+            except libarchive.ArchiveError as exc:
+                if exc.retcode != ARCHIVE_FAILED:
+                    raise
+                yield Issue("error", f"archive unreadable: {member_name}: {_message(exc)}")
+                yield Member(member_name, None)
+                continue
+            if isinstance(content, Issue):
+                yield content
+                return
+            yield Member(member_name, content)
+
+
+def _content(entry, member_name: str | None, limit: int, cap: int, max_ratio: int) -> bytes | Issue:
+    """One member's bytes, or the Issue that ends the archive when it grows past `limit`."""
+    chunks, size = [], 0
+    for block in entry.get_blocks():
+        size += len(block)
+        if size > limit:
+            if limit == cap:
+                return Issue("over limits", f"{member_name}: expands > {max_ratio}x the archive "
+                             f"({size} > {cap} bytes), archive not read further")
+            return Issue("over limits", f"{member_name}: expanded bytes > quota left ({limit} bytes)", "bytes")
+        chunks.append(block)
+    return b"".join(chunks)
 
 
 def _text(name: str | bytes | None) -> str | None:

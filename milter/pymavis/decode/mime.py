@@ -402,6 +402,28 @@ def nested_message(data: bytes, max_nesting: int, max_entities: int, deadline: f
     return None
 
 
+# --- mbox files ---------------------------------------------------------------------
+
+# A "From " envelope line followed by a header field: where an mbox message begins.
+_MBOX_FROM = re.compile(rb"^From [^\r\n]*\r?\n[!-9;-~]+:", re.M)
+
+
+def mbox_starts(data: bytes) -> bool:
+    """`data` begins like an mbox file: a "From " line, then a header field."""
+    return _MBOX_FROM.match(data) is not None
+
+
+def mbox_messages(data: bytes) -> Iterator[bytes]:
+    """The messages of an mbox file, lazily, each with its "From " line (Python's parser
+    takes it as the envelope). Lines inside a message that begin with "From " are quoted
+    (">From ") by every mbox writer, so only a real envelope line starts a message."""
+    start = 0
+    for match in _MBOX_FROM.finditer(data, 1):
+        yield data[start : match.start()]
+        start = match.start()
+    yield data[start:]
+
+
 # --- uuencode inside text -----------------------------------------------------------
 
 _UU_BEGIN = re.compile(rb"^begin +[0-7]{3,4} +([^\r\n]*?)[ \t]*\r?$", re.M)
