@@ -602,3 +602,38 @@ def test_member_libarchive_cannot_decompress_keeps_its_name(method, label):
     assert below(result) == [("1/2/1", "odd.exe", None, 0), ("1/2/2", "plain.txt", "asc", 9)]
     assert problems(result) == [
         ("error", "p003", f"archive unreadable: odd.exe: Unsupported ZIP compression method ({label})")]
+
+
+# --- zip names that differ between local headers and the central directory -----------
+
+
+def disguised_zip(local_name: bytes, central_name: bytes, content: bytes) -> bytes:
+    import io
+    import zipfile
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr(local_name.decode(), content)
+        zf.writestr("notes.txt", b"hello\n")
+    data = bytearray(buf.getvalue())
+    cd = data.rfind(b"PK\x01\x02", 0, data.rfind(b"PK\x01\x02"))  # the first central entry
+    at = data.index(local_name, cd)
+    data[at:at + len(local_name)] = central_name
+    return bytes(data)
+
+
+def test_central_directory_name_disguised_by_local_header_is_a_part_and_ambiguous():
+    from pymavis.banned import DEFAULT_RULE_SETS, evaluate
+    data = disguised_zip(b"aaaa.txt", b"aaaa.vbs", b'WScript.Echo "hi"\n')
+    result = walk(message(attached(data, "files.zip", b"application/zip")))
+    names = [p.name for p in result.parts if p.depth_path.count("/") == 2]
+    assert names == ["aaaa.txt", "notes.txt", "aaaa.vbs"]
+    assert [(p.minor, p.detail) for p in result.problems] == [
+        ("ambiguous", "aaaa.vbs: in the zip's central directory, not in its local headers")]
+    banned = evaluate(result.parts, [DEFAULT_RULE_SETS["DEFAULT"]])
+    assert banned is not None and banned.part.name == "aaaa.vbs"
+
+
+def test_agreeing_zip_has_no_ambiguity():
+    data = disguised_zip(b"aaaa.txt", b"aaaa.txt", b"x")
+    result = walk(message(attached(data, "files.zip", b"application/zip")))
+    assert result.problems == ()

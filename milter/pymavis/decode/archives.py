@@ -18,7 +18,10 @@ it `stops` the walk's "bytes" limit. An encrypted member yields its name with no
 and Issue("encrypted"); so does, with Issue("error"), a member libarchive can list but
 not decompress (ARCHIVE_FAILED: Deflate64 and Implode zip members in libarchive 3.6), and
 the archive goes on. A damaged archive (ARCHIVE_FATAL) ends with Issue("error", the
-libarchive message); the members read before it stay.
+libarchive message); the members read before it stay. A zip whose central directory
+names a member its local headers do not (a name disguised for the reader that goes by
+the local headers, as libarchive's streaming reader does) gives Issue("ambiguous") and
+that name as a member without content, so banned rules still see it.
 
 `Member` and `Issue` are what every container decoder yields (binhex.py, tnef.py too).
 """
@@ -26,6 +29,8 @@ libarchive message); the members read before it stay.
 from __future__ import annotations
 
 import ctypes
+import io
+import zipfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
@@ -78,7 +83,45 @@ def members(
                 return
         yield from _guarded(_read(data, "raw", max_ratio, room, _stem(name)))
         return
-    yield from _guarded(_read(data, "all", max_ratio, room, None))
+    items = _guarded(_read(data, "all", max_ratio, room, None))
+    yield from _central_directory_agrees(data, items) if short_type in ("zip", "jar") else items
+
+
+def _central_directory_agrees(data: bytes, items: Iterator[Member | Issue]) -> Iterator[Member | Issue]:
+    """libarchive reads a zip front to back by its local headers; Windows, and most unzip
+    tools, list it by its central directory. A name only the central directory has (a local
+    header saying `a.txt` where Explorer shows `a.vbs`) is a disguise: it becomes a part of its
+    own, with no content, so the banned rules see it, and the zip is ambiguous."""
+    local, complete = set(), True
+    for item in items:
+        if isinstance(item, Member):
+            local.add(item.name)
+        elif item.minor in ("over limits", "error"):
+            complete = False
+        yield item
+    if not complete:
+        return
+    for name in _central_names(data):
+        if name not in local:
+            yield Issue("ambiguous", f"{name}: in the zip's central directory, not in its local headers")
+            yield Member(name, None)
+
+
+def _central_names(data: bytes) -> list[str]:
+    """The member names of a zip's central directory (Python's zipfile reads only that here);
+    [] when it cannot be read: libarchive has said what it could."""
+    try:
+        with zipfile.ZipFile(io.BytesIO(data)) as zf:
+            infos = zf.infolist()
+    except Exception:  # zipfile raises many kinds on damaged input; the names are a cross-check only
+        return []
+    names = []
+    for info in infos:
+        if info.is_dir():
+            continue
+        raw = info.filename.encode("utf-8" if info.flag_bits & 0x800 else "cp437", "surrogateescape")
+        names.append(_text(raw))
+    return names
 
 
 def _guarded(items: Iterator[Member | Issue]) -> Iterator[Member | Issue]:
