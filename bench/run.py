@@ -1,21 +1,38 @@
-"""pymavis benchmark: a real Postfix alone, with the null pymilter milter, and with pymavis,
-measured in the same run, interleaved, and compared.
+"""pymavis benchmark: a real Postfix with a null milter and with pymavis, compared.
 
-    make bench                                   # = .venv/bin/python bench/run.py
+Every variant is measured in the same run, interleaved; two profiles.
+
+    make bench                                   # = .venv/bin/python bench/run.py (both profiles)
     .venv/bin/python bench/run.py --quick        # smoke run: small, nothing written to docs/
-    .venv/bin/python bench/run.py --messages 2000 --concurrency 20 --reps 3
+    .venv/bin/python bench/run.py --profile decode --reps 3
 
-What runs (all on 127.0.0.1, in a temp dir under /tmp, removed at the end):
+Profiles (`--profile`, default `all`: both, one after the other, each with its own
+processes, then one report):
+  pass-through  the size mix of bench/sender.py (60% 4 KB text, 30% 32 KB and 10% 256 KB
+                with one attachment of random bytes); variants: Postfix alone, + null
+                milter (the baseline), + pymavis with the shipped policies/;
+  decode        bench/messages.py's mix of realistic mail (50 KB messages with a PDF, a
+                docx, a zip, an image; HTML newsletters; forwarded messages; corpus
+                messages; 2% of 5 MB messages), generated at run time; variants: + null
+                milter, + pymavis with decoding off (shipped policies/ plus
+                bypass_banned_checks and bypass_header_checks: nothing needs the parts, so
+                the walk never runs) and + pymavis with decoding on (the shipped policies/).
+                Before it, bench/decode_cost.py measures the CPU of decoding itself per
+                message, in process (the figure the 5 ms / 250 ms targets are about), and
+                screens the corpus messages (those the DEFAULT banned rules block are left
+                out: they would be discarded and never reach the sink).
+
+What runs (all on 127.0.0.1, in a temp dir under /tmp, removed at the end), per profile:
   - one `smtp-sink` (Postfix's C test server) that every Postfix relays to, counting messages;
-  - three private Postfix instances built by tests/harness/postfix.py from contrib/postfix
-    (the configuration an admin installs), identical but for smtpd_milters:
-      postfix  no milter,
+  - one private Postfix instance per variant, built by tests/harness/postfix.py from
+    contrib/postfix (the configuration an admin installs), identical but for smtpd_milters:
       null     tests/harness/nullmilter.py --no-headers (pymilter, answers CONTINUE, changes
                nothing): the baseline,
       pymavis  `python -m pymavis milter` with the shipped policies/ (only state_dir moved
-               into the temp dir);
-  - per phase, the load from bench/sender.py (size mix, concurrency, per-message latency;
-    see its docstring) and, as a check on that sender, the same load from `smtp-source`.
+               into the temp dir; for "decoding off" the two bypass settings added);
+  - per phase, the load from bench/sender.py (the profile's mix, concurrency, per-message
+    latency; see its docstring) and, in the pass-through profile, as a check on that
+    sender, the same load from `smtp-source` (which sends no attachments).
 
 Order: a warm-up per variant (not measured), then `reps` repetitions; each repetition runs
 every variant once, the order rotated by one per repetition, so slow drift (page cache,
@@ -27,7 +44,8 @@ Figures per phase: messages/s (messages / time from release of the senders to th
 /proc/PID/status, reset before each phase by writing 5 to /proc/PID/clear_refs), the whole
 machine's busy CPU per message, the sender's own CPU, and the CPU of processes this run did
 not start ("other load": another job on a 2-core machine halves the figures; the report
-warns). The report gives the median of the repetitions and the ratio against the null milter.
+warns). The report gives the median of the repetitions and the ratios against the null
+milter (and, in the decode profile, against pymavis with decoding off).
 
 The milters are reached over TCP on 127.0.0.1, as contrib/postfix/main.cf ships it;
 `--milter-socket unix` is a diagnostic (bench/README.md: delayed ACKs on TCP).
@@ -37,12 +55,16 @@ reached the sink (no more, no fewer) and the Postfix queue must be empty within
 `drain timeout`; with pymavis every message must also have its "Passed" log line. Any SMTP
 reply other than success, a timeout or a dropped connection fails the run too.
 
-Limits: every wait has a deadline (start-up, each phase, each drain) and the whole run has
-`--max-minutes`; the processes started here are stopped at the end, on an error, on SIGINT
-or SIGTERM, and die with this process if it is killed (PR_SET_PDEATHSIG).
+Limits: every wait has a deadline (start-up, each phase, each drain, the decode
+micro-benchmark) and the whole run has `--max-minutes`; the processes started here are
+stopped at the end, on an error, on SIGINT or SIGTERM, and die with this process if it is
+killed (PR_SET_PDEATHSIG).
 
-Exit status: 0 figures produced and targets met, 3 figures produced but a target missed
-(pymavis peak RSS <= 80 MB, pymavis throughput >= 0.85 x null milter), 1 failed run.
+Exit status: 0 figures produced and targets met, 3 figures produced but a target missed,
+1 failed run. Targets: pass-through: pymavis peak RSS <= 80 MB, pymavis throughput >= 0.85
+x null milter; decode: decoding a 50 KB message <= 5 ms CPU and a 5 MB message <= 250 ms
+(bench/decode_cost.py), pymavis peak RSS <= 2 x pymavis with decoding off on the same mix
+(pass-through as the foundation measured it: pymavis decoding nothing).
 Results are printed and appended to docs/benchmarks.md (not with --quick or --no-docs).
 """
 
@@ -74,17 +96,24 @@ sys.path.insert(0, str(BENCH_DIR))
 from harness.net import LOOPBACK, free_port, port_is_open, wait_until  # noqa: E402
 from harness.postfix import PostfixError, PostfixInstance  # noqa: E402
 
+import messages  # noqa: E402
 import sender  # noqa: E402
 
 SMTP_SINK = shutil.which("smtp-sink", path="/usr/sbin:/usr/bin") or "/usr/sbin/smtp-sink"
 SMTP_SOURCE = shutil.which("smtp-source", path="/usr/sbin:/usr/bin") or "/usr/sbin/smtp-source"
 NULL_MILTER = REPO / "tests" / "harness" / "nullmilter.py"
+DECODE_COST = BENCH_DIR / "decode_cost.py"
 SHIPPED_CONFIG_DIR = REPO / "policies"
 DOCS = REPO / "docs" / "benchmarks.md"
 
 # Targets for pymavis (issue: benchmark); checked against the figures of this run.
 TARGET_RSS_MB = 80.0
 TARGET_THROUGHPUT_RATIO = 0.85
+# Decode profile (issue: decode profile): peak RSS at most this many times pymavis passing
+# the same mix through without decoding (the "decoding off" variant). The CPU targets
+# (5 ms / 250 ms per message) are bench/decode_cost.py's.
+TARGET_DECODE_RSS_FACTOR = 2.0
+DECODE_COST_TIMEOUT_S = 600.0
 # If smtp-source gets this much more through a variant than bench/sender.py does, the
 # Python sender's own CPU limited that variant's figure.
 SENDER_CHECK_RATIO = 1.10
@@ -240,25 +269,63 @@ def start_null_milter(workdir: Path, kind: str) -> tuple[Child, MilterAddress]:
     return child.start(addr.ready), addr
 
 
-def start_pymavis(workdir: Path, kind: str) -> tuple[Child, MilterAddress]:
-    """pymavis with a copy of the shipped policies/ whose only change is state_dir."""
-    conf_dir = workdir / "pymavis-config"
+# What "decoding off" adds to the shipped default policy: no recipient needs the parts
+# (checks/content.py NEEDS_PARTS) and the header check is skipped, so the walk never runs.
+DECODING_OFF = {"bypass_banned_checks": "true", "bypass_header_checks": "true"}
+
+
+def start_pymavis(workdir: Path, kind: str, key: str = "pymavis",
+                  decoding: bool = True) -> tuple[Child, MilterAddress]:
+    """pymavis with a copy of the shipped policies/ whose only changes are state_dir and,
+    without decoding, DECODING_OFF in the default policy."""
+    conf_dir = workdir / f"{key}-config"
     shutil.copytree(SHIPPED_CONFIG_DIR, conf_dir)
-    state_dir = workdir / "pymavis-state"
+    state_dir = workdir / f"{key}-state"
     main = conf_dir / "pymavis.yaml"
     text, n = re.subn(r"(?m)^state_dir:.*$", f"state_dir: {state_dir}   # bench: moved to its temp dir",
                       main.read_text())
     if n != 1:
         raise RunFailed(f"{SHIPPED_CONFIG_DIR / 'pymavis.yaml'}: expected one top-level "
                         f"'state_dir:' line to replace, found {n}")
+    if not decoding:
+        added = "".join(f"\n  {k}: {v}   # bench: decoding off" for k, v in DECODING_OFF.items())
+        text, n = re.subn(r"(?m)^policy:[ \t]*(#.*)?$", lambda m: m.group(0) + added, text)
+        if n != 1:
+            raise RunFailed(f"{SHIPPED_CONFIG_DIR / 'pymavis.yaml'}: expected one top-level "
+                            f"'policy:' line to extend, found {n}")
+        if re.search(r"(?m)^  (%s):" % "|".join(DECODING_OFF), text.replace(added, "")):
+            raise RunFailed(f"{SHIPPED_CONFIG_DIR / 'pymavis.yaml'}: already sets one of "
+                            f"{', '.join(DECODING_OFF)}; bench/run.py cannot turn decoding off by adding them")
     main.write_text(text)
-    addr = MilterAddress.new(kind, workdir, "pymavis")
+    addr = MilterAddress.new(kind, workdir, key)
     env = dict(os.environ, PYTHONPATH=str(REPO / "milter"))
-    child = Child("pymavis", [sys.executable, "-m", "pymavis", "milter", "-c", str(main),
-                              "--foreground", "--socket", addr.postfix],
-                  workdir / "pymavis.log", env=env, stop_timeout=PYMAVIS_STOP_TIMEOUT_S)
+    child = Child(key, [sys.executable, "-m", "pymavis", "milter", "-c", str(main),
+                        "--foreground", "--socket", addr.postfix],
+                  workdir / f"{key}.log", env=env, stop_timeout=PYMAVIS_STOP_TIMEOUT_S)
     child.start(lambda: "pymavis starting on" in child.log_text() and addr.ready())
     return child, addr
+
+
+# --- profiles ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Profile:
+    name: str
+    title: str
+    variants: tuple[tuple[str, str], ...]   # (key, title): postfix, null, pymavis, pymavis-nodecode
+    smtp_source: bool                       # also send the load with smtp-source (no attachments)
+
+
+PASS_THROUGH = Profile("pass-through", "Pass-through profile",
+                       (("postfix", "Postfix alone"), ("null", "+ null milter"), ("pymavis", "+ pymavis")),
+                       smtp_source=True)
+# With 2000 messages per phase (40 of them 5 MB) a decoding phase takes ~18 s on 2 cores.
+DECODE = Profile("decode", "Decode profile",
+                 (("null", "+ null milter"), ("pymavis-nodecode", "+ pymavis, decoding off"),
+                  ("pymavis", "+ pymavis, decoding on")),
+                 smtp_source=False)
+PROFILES = {p.name: p for p in (PASS_THROUGH, DECODE)}
 
 
 # --- /proc ------------------------------------------------------------------------------
@@ -379,6 +446,7 @@ class Variant:
 
 @dataclass
 class Phase:
+    profile: str
     variant: str
     rep: int
     sender: str                     # "python" or "smtp-source"
@@ -410,9 +478,14 @@ def percentile(sorted_values: list[float], q: float) -> float:
 
 
 class Bench:
-    def __init__(self, args, workdir: Path):
+    """One profile: its sink, milters and Postfix instances, its phases."""
+
+    def __init__(self, args, workdir: Path, profile: Profile, mix, messages_per_phase: int):
         self.args = args
         self.workdir = workdir
+        self.profile = profile
+        self.mix = mix
+        self.messages = messages_per_phase
         self.sink: Sink | None = None
         self.children: list[Child] = []
         self.variants: list[Variant] = []
@@ -423,21 +496,23 @@ class Bench:
     # setup / teardown ----------------------------------------------------------------
 
     def setup(self) -> None:
+        self.workdir.mkdir(mode=0o755, exist_ok=True)
         self.sink = Sink(self.workdir).start()
         self.children.append(self.sink)
-        null, null_addr = start_null_milter(self.workdir, self.args.milter_socket)
-        self.children.append(null)
-        pym, pym_addr = start_pymavis(self.workdir, self.args.milter_socket)
-        self.children.append(pym)
-        for key, title, milter, addr in (
-            ("postfix", "Postfix alone", None, None),
-            ("null", "Postfix + null milter", null, null_addr),
-            ("pymavis", "Postfix + pymavis", pym, pym_addr),
-        ):
+        for key, title in self.profile.variants:
+            milter = addr = None
+            if key == "null":
+                milter, addr = start_null_milter(self.workdir, self.args.milter_socket)
+            elif key.startswith("pymavis"):
+                milter, addr = start_pymavis(self.workdir, self.args.milter_socket, key,
+                                             decoding=key != "pymavis-nodecode")
+            if milter:
+                self.children.append(milter)
             want = addr.postfix if addr else ""
             pf = PostfixInstance(self.workdir / f"postfix-{key}", sink_port=self.sink.port,
                                  milter=want)
-            self.variants.append(Variant(key, title, pf, milter, pym if key == "pymavis" else None))
+            self.variants.append(Variant(key, title, pf, milter,
+                                         milter if key.startswith("pymavis") else None))
             pf.start()
             got = pf.postconf("smtpd_milters")["smtpd_milters"]
             if got != want:
@@ -489,6 +564,15 @@ class Bench:
     def passed_lines(v: Variant) -> int:
         return v.pymavis_log.log_text().count(" Passed ") if v.pymavis_log else 0
 
+    @staticmethod
+    def passed_categories(v: Variant) -> dict[str, int]:
+        """How many messages pymavis passed per content category over the whole run
+        ("Passed CLEAN", "Passed BAD-HEADER", ...): with decoding off, all CLEAN."""
+        counts: dict[str, int] = {}
+        for ccat in re.findall(r" Passed (\S+) ", v.pymavis_log.log_text() if v.pymavis_log else ""):
+            counts[ccat] = counts.get(ccat, 0) + 1
+        return dict(sorted(counts.items(), key=lambda kv: -kv[1]))
+
     def check_passed(self, v: Variant, before: int, n: int) -> None:
         """With pymavis, every message of the phase must have its "Passed" log line."""
         if v.pymavis_log and self.passed_lines(v) - before != n:
@@ -513,7 +597,7 @@ class Bench:
             reset_peak_rss(pid)
             cpu0 = proc_cpu_s(pid)
         window = CpuWindow(self.master_sessions())
-        result = sender.run_phase(LOOPBACK, v.port, n, self.args.concurrency, seed=seed,
+        result = sender.run_phase(LOOPBACK, v.port, n, self.args.concurrency, mix=self.mix, seed=seed,
                                   first_msg_no=self.msg_no, workers=self.args.sender_workers,
                                   io_timeout_s=IO_TIMEOUT_S, phase_timeout_s=self.phase_timeout(n))
         window.stop()
@@ -536,13 +620,14 @@ class Bench:
         self.check_passed(v, passed_before, n)
         lat = sorted((r.end - r.start) * 1000 for r in result.records)
         by_size = {}
-        for c, (label, _, _) in enumerate(sender.SIZE_MIX):
+        for c, (label, _) in enumerate(self.mix.classes):
             xs = sorted((r.end - r.start) * 1000 for r in result.records if r.class_idx == c)
             if xs:
                 by_size[label] = round(percentile(xs, 0.5), 1)
         wall = result.wall_s
         return Phase(
-            variant=v.key, rep=rep, sender="python", messages=n, wall_s=wall, msgs_per_s=n / wall,
+            profile=self.profile.name, variant=v.key, rep=rep, sender="python", messages=n, wall_s=wall,
+            msgs_per_s=n / wall,
             drain_s=drain_s, p50_ms=percentile(lat, 0.5), p90_ms=percentile(lat, 0.9),
             p99_ms=percentile(lat, 0.99), max_ms=lat[-1], p50_by_size_ms=by_size,
             milter_cpu_ms_per_msg=cpu * 1000 / n if pid else None,
@@ -583,8 +668,8 @@ class Bench:
         last = time.monotonic()
         self.wait_delivered(v, n, self.drain_timeout(n))
         self.check_passed(v, passed_before, n)
-        return Phase(variant=v.key, rep=rep, sender="smtp-source", messages=n, wall_s=wall,
-                     msgs_per_s=n / wall, drain_s=time.monotonic() - last,
+        return Phase(profile=self.profile.name, variant=v.key, rep=rep, sender="smtp-source", messages=n,
+                     wall_s=wall, msgs_per_s=n / wall, drain_s=time.monotonic() - last,
                      machine_cpu_ms_per_msg=window.busy_jiffies / CLK_TCK * 1000 / n,
                      machine_busy_pct=window.busy_pct, other_load_pct=window.other_pct)
 
@@ -600,25 +685,29 @@ class Bench:
         phases: list[Phase] = []
         if a.warmup:
             for v in self.variants:
-                log(f"warm-up: {v.title}: {a.warmup} messages")
+                log(f"{self.profile.name}: warm-up: {v.title}: {a.warmup} messages")
                 self.run_python(v, a.warmup, rep=-1, seed=0)
         smtp_source_keys = {"none": (), "postfix": ("postfix",),
                             "all": ("postfix", "null", "pymavis")}[a.smtp_source]
+        if not self.profile.smtp_source:
+            smtp_source_keys = ()
         for rep in range(a.reps):
-            order = self.variants[rep % 3:] + self.variants[:rep % 3]
+            k = rep % len(self.variants)
+            order = self.variants[k:] + self.variants[:k]
             for v in order:
-                p = self.run_python(v, a.messages, rep, seed=a.seed + rep)
+                p = self.run_python(v, self.messages, rep, seed=a.seed + rep)
                 phases.append(p)
-                log(f"rep {rep + 1}/{a.reps} {v.title:<24} {p.msgs_per_s:7.1f} msg/s  "
+                log(f"{self.profile.name}: rep {rep + 1}/{a.reps} {v.title:<24} {p.msgs_per_s:7.1f} msg/s  "
                     f"p50 {p.p50_ms:6.1f} ms  p99 {p.p99_ms:7.1f} ms"
                     + (f"  milter {p.milter_cpu_ms_per_msg:5.2f} ms CPU/msg  "
                        f"peak {p.milter_peak_rss_mb:5.1f} MB" if p.milter_cpu_ms_per_msg is not None else "")
                     + f"  machine {p.machine_busy_pct:3.0f}% busy (others {p.other_load_pct:2.0f}%)"
                     f"  drain {p.drain_s:4.1f} s")
                 if v.key in smtp_source_keys:
-                    q = self.run_smtp_source(v, a.messages, rep)
+                    q = self.run_smtp_source(v, self.messages, rep)
                     phases.append(q)
-                    log(f"rep {rep + 1}/{a.reps} {v.title:<24} {q.msgs_per_s:7.1f} msg/s  (smtp-source)"
+                    log(f"{self.profile.name}: rep {rep + 1}/{a.reps} {v.title:<24} {q.msgs_per_s:7.1f} msg/s "
+                        "(smtp-source)"
                         f"  machine {q.machine_busy_pct:3.0f}% busy (others {q.other_load_pct:2.0f}%)")
         return phases
 
@@ -654,20 +743,23 @@ def ratio(a, b) -> str:
     return "n/a" if a is None or b in (None, 0) else f"{a / b:.2f}"
 
 
-def main_table(phases: list[Phase], titles: dict[str, str]) -> list[str]:
+def main_table(phases: list[Phase], titles: dict[str, str],
+               baselines: tuple[tuple[str, str], ...] = (("null", "x null"),)) -> list[str]:
+    """Medians per variant, each metric with its ratio to every baseline variant."""
     med = {k: medians(phases, k) for k in titles}
-    head = "| variant | " + " | ".join(f"{h} | x null" for _, h, _, _ in METRICS) + " |"
-    lines = [head, "|---" * (1 + 2 * len(METRICS)) + "|"]
+    head = "| variant | " + " | ".join(" | ".join([h, *(b for _, b in baselines)])
+                                       for _, h, _, _ in METRICS) + " |"
+    lines = [head, "|---" * (1 + (1 + len(baselines)) * len(METRICS)) + "|"]
     for key, title in titles.items():
         cells = []
         for m, _, spec, _ in METRICS:
-            cells += [fmt(med[key][m], spec), ratio(med[key][m], med["null"][m])]
+            cells += [fmt(med[key][m], spec), *(ratio(med[key][m], med[b][m]) for b, _ in baselines)]
         lines.append(f"| {title} | " + " | ".join(cells) + " |")
     return lines
 
 
 def detail_table(phases: list[Phase], titles: dict[str, str]) -> list[str]:
-    lines = ["| rep | variant | sender | msg/s | p50 ms | p90 ms | p99 ms | max ms | p50 by size ms "
+    lines = ["| rep | variant | sender | msg/s | p50 ms | p90 ms | p99 ms | max ms | p50 by class ms "
              "| milter CPU ms/msg | milter peak RSS MB | machine CPU ms/msg | machine busy % "
              "| sender CPU ms/msg | other load % | drain s |",
              "|---" * 16 + "|"]
@@ -682,12 +774,45 @@ def detail_table(phases: list[Phase], titles: dict[str, str]) -> list[str]:
     return lines
 
 
-def verdicts(phases: list[Phase], lifetime_peak_mb: dict[str, float]) -> tuple[list[str], bool, list[str]]:
-    """(lines about targets, all targets met, warnings about the measurement itself)."""
+@dataclass
+class ProfileRun:
+    """One profile's results, for the report."""
+
+    profile: Profile
+    messages: int
+    phases: list[Phase]
+    lifetime_peak_mb: dict[str, float]
+    passed: dict[str, dict[str, int]]   # variant -> {content category: messages passed}
+    duration_s: float
+    mix: object
+    decode_cost: dict | None = None     # bench/decode_cost.py's JSON (decode profile)
+
+    @property
+    def titles(self) -> dict[str, str]:
+        return dict(self.profile.variants)
+
+    def peak_rss_mb(self, key: str) -> float:
+        """The variant's highest peak RSS of the run, warm-up included."""
+        return max([p.milter_peak_rss_mb for p in self.phases
+                    if p.variant == key and p.milter_peak_rss_mb is not None]
+                   + [self.lifetime_peak_mb.get(key, 0.0)])
+
+
+def disturbed_warning(phases: list[Phase]) -> list[str]:
+    disturbed = [p for p in phases if p.other_load_pct > OTHER_LOAD_WARN_PCT]
+    if not disturbed:
+        return []
+    worst = max(p.other_load_pct for p in disturbed)
+    return [f"Processes this run did not start used more than {OTHER_LOAD_WARN_PCT:.0f}% of the "
+            f"machine in {len(disturbed)} of {len(phases)} phases (up to {worst:.0f}%): the "
+            "figures are disturbed; run again on an idle machine."]
+
+
+def verdicts(run: ProfileRun) -> tuple[list[str], bool, list[str]]:
+    """Pass-through profile: (lines about targets, all targets met, warnings about the measurement)."""
+    phases = run.phases
     pym, null, alone = (medians(phases, k) for k in ("pymavis", "null", "postfix"))
-    peak = max([p.milter_peak_rss_mb for p in phases
-                if p.variant == "pymavis" and p.milter_peak_rss_mb is not None]
-               + [lifetime_peak_mb.get("pymavis", 0.0)])
+    peak = run.peak_rss_mb("pymavis")
     tp = pym["msgs_per_s"] / null["msgs_per_s"]
     ok_rss, ok_tp = peak <= TARGET_RSS_MB, tp >= TARGET_THROUGHPUT_RATIO
     lines = [
@@ -702,13 +827,7 @@ def verdicts(phases: list[Phase], lifetime_peak_mb: dict[str, float]) -> tuple[l
             f"Postfix alone ({alone['msgs_per_s']:.1f} msg/s) is not clearly faster than with the "
             f"null milter ({null['msgs_per_s']:.1f} msg/s): something other than the milter "
             "(the sender, the disk, the sink) may be limiting every variant.")
-    disturbed = [p for p in phases if p.other_load_pct > OTHER_LOAD_WARN_PCT]
-    if disturbed:
-        worst = max(p.other_load_pct for p in disturbed)
-        warnings.append(
-            f"Processes this run did not start used more than {OTHER_LOAD_WARN_PCT:.0f}% of the "
-            f"machine in {len(disturbed)} of {len(phases)} phases (up to {worst:.0f}%): the "
-            "figures are disturbed; run again on an idle machine.")
+    warnings += disturbed_warning(phases)
     for key, py in (("postfix", alone), ("null", null), ("pymavis", pym)):
         src = medians(phases, key, "smtp-source")
         if src["reps"] and src["msgs_per_s"] > SENDER_CHECK_RATIO * py["msgs_per_s"]:
@@ -718,6 +837,34 @@ def verdicts(phases: list[Phase], lifetime_peak_mb: dict[str, float]) -> tuple[l
                 "sender's own CPU limits this variant's figure; its smtp-source figure is the "
                 "better ceiling.")
     return lines, ok_rss and ok_tp, warnings
+
+
+def decode_verdicts(run: ProfileRun, pass_through: ProfileRun | None) -> tuple[list[str], bool, list[str]]:
+    """Decode profile: the CPU targets from decode_cost.py; the RSS target against pymavis
+    with decoding off on the same mix (pymavis passing mail through, as the foundation's
+    pass-through profile measured it before pymavis decoded anything)."""
+    lines, ok = [], True
+    targets = run.decode_cost["targets_ms"]
+    for prefix, limit in targets.items():
+        rows = [r for r in run.decode_cost["classes"] if r["class"].startswith(prefix)]
+        worst = max(rows, key=lambda r: r["mean_ms"])
+        met = worst["mean_ms"] <= limit
+        ok &= met
+        lines.append(f"- decoding a {prefix} message: {worst['mean_ms']:.2f} ms CPU (worst class, "
+                     f"{worst['class']}; in process, mean) {'<=' if met else '>'} target {limit:g} ms: "
+                     f"{'met' if met else 'MISSED'}")
+    peak = run.peak_rss_mb("pymavis")
+    off = run.peak_rss_mb("pymavis-nodecode")
+    met = peak <= TARGET_DECODE_RSS_FACTOR * off
+    ok &= met
+    also = ""
+    if pass_through is not None:
+        pt = pass_through.peak_rss_mb("pymavis")
+        also = f"; for information: {peak / pt:.2f} x the pass-through profile's pymavis ({pt:.1f} MB)"
+    lines.append(f"- pymavis peak RSS {peak:.1f} MB (decoding on; highest of the run, warm-up included) = "
+                 f"{peak / off:.2f} x pymavis with decoding off ({off:.1f} MB, same mix) "
+                 f"{'<=' if met else '>'} target {TARGET_DECODE_RSS_FACTOR:g} x: {'met' if met else 'MISSED'}{also}")
+    return lines, ok, disturbed_warning(run.phases)
 
 
 def machine_info() -> dict[str, str]:
@@ -749,30 +896,20 @@ def machine_info() -> dict[str, str]:
     }
 
 
-def render(args, info: dict, phases: list[Phase], titles: dict[str, str], lifetime_peak_mb,
-           duration_s: float, command: str) -> tuple[str, bool]:
-    target_lines, ok, warnings = verdicts(phases, lifetime_peak_mb)
-    if float(info["background"].split("%")[0]) > BACKGROUND_WARN_PCT:
-        warnings.append(f"The machine was not idle before the run ({info['background']}).")
+def render_pass_through(args, run: ProfileRun) -> tuple[list[str], bool, list[str]]:
+    phases, titles = run.phases, run.titles
+    target_lines, ok, warnings = verdicts(run)
     mix = ", ".join(f"{share}% {label}" for label, _, share in sender.SIZE_MIX)
-    src = [p for p in phases if p.sender == "smtp-source"]
     out = [
-        f"## {datetime.datetime.now().astimezone().strftime('%Y-%m-%d %H:%M %Z')}"
-        + (" (diagnostic: milters on unix sockets)" if args.milter_socket == "unix" else ""),
+        f"### {run.profile.title}",
         "",
-        f"- Machine: {info['cores']} cores, {info['cpu']}, {info['memory']} RAM, {info['kernel']}, "
-        f"Python {info['python']}, Postfix {info['postfix']}; background load: {info['background']}",
-        f"- pymavis: {info['pymavis']}, shipped configuration (policies/, state_dir moved to a temp dir)",
-        f"- Command: `{command}`",
-        f"- Parameters: {args.messages} messages per phase, concurrency {args.concurrency}, "
+        f"- Parameters: {run.messages} messages per phase, concurrency {args.concurrency}, "
         f"{args.reps} repetitions (interleaved, order rotated), warm-up {args.warmup} messages per "
         f"variant, size mix {mix} (seeded shuffle), one recipient, one message per connection; "
         f"sender bench/sender.py ({args.sender_workers or os.cpu_count()} processes); "
-        f"baseline null milter = tests/harness/nullmilter.py --no-headers; milters reached over "
-        + ("TCP 127.0.0.1 as contrib/postfix ships" if args.milter_socket == "inet"
-           else "unix sockets (DIAGNOSTIC: not the shipped setup)"),
-        f"- Run time: {duration_s / 60:.1f} min; every message reached the sink, queues empty after "
-        "every phase",
+        f"baseline null milter = tests/harness/nullmilter.py --no-headers; pymavis with the shipped "
+        f"configuration (policies/, state_dir moved to a temp dir)",
+        f"- Run time: {run.duration_s / 60:.1f} min",
         "",
         f"Medians of {args.reps} repetitions; \"x null\" is the ratio to the null milter in this run:",
         "",
@@ -782,7 +919,7 @@ def render(args, info: dict, phases: list[Phase], titles: dict[str, str], lifeti
         "",
         *target_lines,
     ]
-    if src:
+    if [p for p in phases if p.sender == "smtp-source"]:
         alone = medians(phases, "postfix")["msgs_per_s"]
         rows = {k: medians(phases, k, "smtp-source") for k in titles}
         checks = [f"{titles[k]} {r['msgs_per_s']:.1f} msg/s" for k, r in rows.items() if r["reps"]]
@@ -792,22 +929,129 @@ def render(args, info: dict, phases: list[Phase], titles: dict[str, str], lifeti
         if rows["null"]["reps"] and rows["pymavis"]["reps"]:
             out[-1] += (f" smtp-source throughput ratio pymavis / null milter: "
                         f"{rows['pymavis']['msgs_per_s'] / rows['null']['msgs_per_s']:.2f}.")
-    if warnings:
-        out += ["", "Warnings:", "", *[f"- {w}" for w in warnings]]
-    out += ["", "<details><summary>Every phase</summary>", "", *detail_table(phases, titles), "",
-            "</details>", ""]
+    return out, ok, warnings
+
+
+def render_decode(args, run: ProfileRun, pass_through: ProfileRun | None) -> tuple[list[str], bool, list[str]]:
+    phases, titles, mix = run.phases, run.titles, run.mix
+    target_lines, ok, warnings = decode_verdicts(run, pass_through)
+    classes = ", ".join(f"{c.share}% {c.label}" for c in messages.DECODE_MIX)
+    corpus = run.decode_cost.get("corpus") or {}
+    left_out = corpus.get("banned", [])
+    med = {k: medians(phases, k) for k in titles}
+    on, off = med["pymavis"], med["pymavis-nodecode"]
+    out = [
+        f"### {run.profile.title}",
+        "",
+        f"- Parameters: {run.messages} messages per phase, concurrency {args.concurrency}, "
+        f"{args.reps} repetitions (interleaved, order rotated), warm-up {args.warmup} messages per "
+        f"variant; mix {classes} (bench/messages.py, generated at run time, seeded shuffle); "
+        f"one recipient, one message per connection; sender bench/sender.py "
+        f"({args.sender_workers or os.cpu_count()} processes)",
+        f"- Corpus share: {len(mix.corpus)} messages of /work/shared/corpus (read in place; of "
+        f"{corpus.get('candidates', '?')} candidates by bench/messages.py's selection"
+        + (f", left out as banned by the DEFAULT rules: {', '.join(Path(f).name for f in left_out)}"
+           if left_out else "") + ")",
+        "- Variants: null milter = tests/harness/nullmilter.py --no-headers; pymavis decoding on = "
+        "the shipped policies/; decoding off = the same plus "
+        + ", ".join(f"`{k}: {v}`" for k, v in DECODING_OFF.items()) + " (the walk never runs)",
+        f"- Run time: {run.duration_s / 60:.1f} min (decode_cost.py {run.decode_cost['elapsed_s']:.0f} s)",
+        "",
+        "Decoding CPU per message, in process (bench/decode_cost.py: header check + decode.walk + "
+        "banned rules, time.process_time, one thread):",
+        "",
+        *decode_table(run.decode_cost),
+        "",
+        f"Through Postfix, medians of {args.reps} repetitions; \"x null\" is the ratio to the null "
+        "milter, \"x off\" to pymavis with decoding off, in this run:",
+        "",
+        *main_table(phases, titles, (("null", "x null"), ("pymavis-nodecode", "x off"))),
+        "",
+    ]
+    if on["milter_cpu_ms_per_msg"] is not None and off["milter_cpu_ms_per_msg"] is not None:
+        out.append(f"- Decoding through Postfix: pymavis CPU {on['milter_cpu_ms_per_msg']:.2f} ms/msg with "
+                   f"decoding, {off['milter_cpu_ms_per_msg']:.2f} without: "
+                   f"{on['milter_cpu_ms_per_msg'] - off['milter_cpu_ms_per_msg']:.2f} ms per message of the mix.")
+    if pass_through is not None:
+        pt = medians(pass_through.phases, "pymavis")
+        pt_peak, peak = pass_through.peak_rss_mb("pymavis"), run.peak_rss_mb("pymavis")
+        out.append(f"- Against the pass-through profile of this run (pymavis, its mix of 4-256 KB "
+                   f"messages): msg/s {on['msgs_per_s']:.1f} / {pt['msgs_per_s']:.1f} = "
+                   f"{ratio(on['msgs_per_s'], pt['msgs_per_s'])}; CPU ms/msg "
+                   f"{fmt(on['milter_cpu_ms_per_msg'], '{:.2f}')} / "
+                   f"{fmt(pt['milter_cpu_ms_per_msg'], '{:.2f}')} = "
+                   f"{ratio(on['milter_cpu_ms_per_msg'], pt['milter_cpu_ms_per_msg'])}; peak RSS "
+                   f"{peak:.1f} / {pt_peak:.1f} MB = {ratio(peak, pt_peak)}.")
+    passed = "; ".join(f"{titles[k]}: " + ", ".join(f"{c} {n}" for c, n in counts.items())
+                       for k, counts in run.passed.items() if counts)
+    out += [f"- Messages passed by content category (whole run, warm-up included): {passed}.", "",
+            "Targets:", "", *target_lines]
+    return out, ok, warnings
+
+
+def decode_table(result: dict) -> list[str]:
+    lines = ["| class | bytes | parts | header ms | walk ms | banned ms | total ms (mean) | median ms | max ms "
+             "| target ms |", "|---" * 10 + "|"]
+    for r in result["classes"]:
+        t = r["target_ms"]
+        verdict = "" if t is None else f"{t:g}: {'met' if r['mean_ms'] <= t else 'MISSED'}"
+        lines.append(f"| {r['class']} | {r['bytes']:,} | {r['parts']} | {r['header_ms']:.2f} | {r['walk_ms']:.2f} "
+                     f"| {r['banned_ms']:.2f} | {r['mean_ms']:.2f} | {r['median_ms']:.2f} | {r['max_ms']:.2f} "
+                     f"| {verdict} |")
+    c = result.get("corpus")
+    if c and c["mean_ms"] is not None:
+        lines.append(f"| corpus, {c['reps']} messages once each | {c['bytes']:,} (mean) | | | | "
+                     f"| {c['mean_ms']:.2f} | {c['median_ms']:.2f} | {c['max_ms']:.2f} | |")
+    return lines
+
+
+def render(args, info: dict, runs: dict[str, ProfileRun], duration_s: float, command: str) -> tuple[str, bool]:
+    warnings: list[str] = []
+    if float(info["background"].split("%")[0]) > BACKGROUND_WARN_PCT:
+        warnings.append(f"The machine was not idle before the run ({info['background']}).")
+    out = [
+        f"## {datetime.datetime.now().astimezone().strftime('%Y-%m-%d %H:%M %Z')}"
+        + (" (diagnostic: milters on unix sockets)" if args.milter_socket == "unix" else ""),
+        "",
+        f"- Machine: {info['cores']} cores, {info['cpu']}, {info['memory']} RAM, {info['kernel']}, "
+        f"Python {info['python']}, Postfix {info['postfix']}; background load: {info['background']}",
+        f"- pymavis: {info['pymavis']}",
+        f"- Command: `{command}`; profiles: {', '.join(runs)}; milters reached over "
+        + ("TCP 127.0.0.1 as contrib/postfix ships" if args.milter_socket == "inet"
+           else "unix sockets (DIAGNOSTIC: not the shipped setup)"),
+        f"- Run time: {duration_s / 60:.1f} min; every message reached the sink, queues empty after "
+        "every phase",
+        *[f"- WARNING: {w}" for w in warnings],
+        "",
+    ]
+    ok = True
+    details = []
+    for name, run in runs.items():
+        if name == "decode":
+            lines, met, warn = render_decode(args, run, runs.get("pass-through"))
+        else:
+            lines, met, warn = render_pass_through(args, run)
+        ok &= met
+        out += [*lines, ""]
+        if warn:
+            out += ["Warnings:", "", *[f"- {w}" for w in warn], ""]
+        details += ["", f"<details><summary>Every phase: {run.profile.title.lower()}</summary>", "",
+                    *detail_table(run.phases, run.titles), "", "</details>"]
+    out += details[1:] + [""]
     return "\n".join(out), ok
 
 
 DOCS_HEADER = """# Benchmarks
 
 Produced by `make bench` (bench/run.py; how it works and how to read it: bench/README.md).
-Each run appends a section: Postfix alone, Postfix with the null pymilter milter (the
-baseline) and Postfix with pymavis in its shipped configuration, measured in the same run,
-interleaved; figures are medians of the repetitions, ratios are against the null milter of
-the same run. Latency is one SMTP transaction as the client sees it (connect to the reply
-after the final dot); milter CPU is the milter process's utime+stime per message; peak RSS is
-the milter process's VmHWM.
+Each run appends a section with one part per profile. Pass-through: Postfix alone, Postfix
+with the null pymilter milter (the baseline) and Postfix with pymavis in its shipped
+configuration. Decode: realistic mail with attachments through the null milter and pymavis
+with decoding off and on, plus the CPU of decoding itself per message, in process. Variants
+are measured in the same run, interleaved; figures are medians of the repetitions, ratios
+are against the null milter (and pymavis with decoding off) of the same run. Latency is one
+SMTP transaction as the client sees it (connect to the reply after the final dot); milter
+CPU is the milter process's utime+stime per message; peak RSS is the milter process's VmHWM.
 
 """
 
@@ -819,22 +1063,25 @@ def log(msg: str) -> None:
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--profile", choices=("all", *PROFILES), default="all",
+                   help="which profile to run (default: all, i.e. pass-through then decode)")
     p.add_argument("--messages", type=int, default=2000, help="messages per phase (default 2000)")
     p.add_argument("--concurrency", type=int, default=20, help="SMTP sessions in parallel (default 20)")
     p.add_argument("--reps", type=int, default=3, help="repetitions, each running every variant (default 3)")
     p.add_argument("--warmup", type=int, default=None,
                    help="unmeasured messages per variant before the first repetition (default 200)")
     p.add_argument("--quick", action="store_true",
-                   help="smoke run: 150 messages, concurrency 10, 1 repetition, warm-up 20; no docs")
+                   help="smoke run: 150 messages, concurrency 10, 1 repetition, warm-up 20, "
+                        "decode_cost.py --quick; no docs")
     p.add_argument("--smtp-source", choices=("none", "postfix", "all"), default="all",
-                   help="also send each phase's load with smtp-source through these variants, to check "
-                        "the Python sender (default: all)")
+                   help="pass-through profile: also send each phase's load with smtp-source through "
+                        "these variants, to check the Python sender (default: all)")
     p.add_argument("--milter-socket", choices=("inet", "unix"), default="inet",
                    help="how Postfix reaches the milters: inet 127.0.0.1:PORT as contrib/postfix "
                         "ships (default), or a unix socket (diagnostic)")
     p.add_argument("--sender-workers", type=int, default=None,
                    help="sender processes (default: one per core)")
-    p.add_argument("--seed", type=int, default=1, help="seed of the size-mix order (default 1)")
+    p.add_argument("--seed", type=int, default=1, help="seed of the mix order (default 1)")
     p.add_argument("--no-docs", action="store_true", help="do not append to docs/benchmarks.md")
     p.add_argument("--json", metavar="PATH", help="also write every phase's figures to PATH")
     p.add_argument("--keep", action="store_true", help="keep the temp dir (logs, maillogs)")
@@ -851,6 +1098,48 @@ def parse_args(argv=None):
         if getattr(args, name) < 1:
             p.error(f"--{name} must be at least 1")
     return args
+
+
+def run_decode_cost(args, workdir: Path) -> dict:
+    """bench/decode_cost.py in a child process (its libmagic and libarchive stay out of this
+    one), before the decode profile's servers start: the machine is idle."""
+    out_json = workdir / "decode_cost.json"
+    argv = [sys.executable, str(DECODE_COST), "--json", str(out_json)] + (["--quick"] if args.quick else [])
+    log("decode: in-process decoding cost (bench/decode_cost.py)")
+    try:
+        proc = subprocess.run(argv, capture_output=True, text=True, timeout=DECODE_COST_TIMEOUT_S,
+                              preexec_fn=_die_with_parent)
+    except subprocess.TimeoutExpired:
+        raise RunFailed(f"bench/decode_cost.py did not finish within {DECODE_COST_TIMEOUT_S:g} s") from None
+    (workdir / "decode_cost.out").write_text(proc.stdout + proc.stderr)
+    if proc.returncode not in (0, 3) or not out_json.exists():
+        raise RunFailed(f"bench/decode_cost.py exited {proc.returncode}:\n{(proc.stdout + proc.stderr)[-3000:]}")
+    print(proc.stdout, end="", flush=True)
+    return json.loads(out_json.read_text())
+
+
+def run_profile(args, workdir: Path, profile: Profile) -> ProfileRun:
+    started = time.monotonic()
+    decode_cost = None
+    if profile is DECODE:
+        decode_cost = run_decode_cost(args, workdir)
+        left_out = set((decode_cost.get("corpus") or {}).get("banned", []))
+        corpus = [p for p in messages.corpus_candidates() if str(p) not in left_out]
+        mix = messages.DecodeMix(corpus, seed=args.seed)
+    else:
+        mix = sender.SizeMix(seed=1)
+    n = args.messages
+    bench = Bench(args, workdir / profile.name, profile, mix, n)
+    try:
+        log(f"{profile.name}: setting up in {bench.workdir}")
+        bench.setup()
+        phases = bench.run()
+        passed = {v.key: bench.passed_categories(v) for v in bench.variants if v.pymavis_log}
+    finally:
+        log(f"{profile.name}: stopping")
+        bench.teardown()
+    return ProfileRun(profile, n, phases, bench.lifetime_peak_mb, passed, time.monotonic() - started,
+                      mix, decode_cost)
 
 
 def main(argv=None) -> int:
@@ -878,25 +1167,22 @@ def main(argv=None) -> int:
     workdir = Path(tempfile.mkdtemp(prefix="pymavis-bench-", dir="/tmp"))
     workdir.chmod(0o755)   # the postfix user must reach the instances' directories
     started = time.monotonic()
-    bench = Bench(args, workdir)
-    titles = {"postfix": "Postfix alone", "null": "+ null milter", "pymavis": "+ pymavis"}
+    profiles = list(PROFILES.values()) if args.profile == "all" else [PROFILES[args.profile]]
     background = background_busy_pct()
     log(f"background load before the run: {background:.0f}% of all cores busy")
     if background > BACKGROUND_WARN_PCT:
         log(f"WARNING: the machine is not idle ({background:.0f}% busy): figures will be noisy "
             "and lower than on a quiet machine")
+    runs: dict[str, ProfileRun] = {}
     try:
-        log(f"setting up in {workdir}")
-        bench.setup()
-        phases = bench.run()
+        for profile in profiles:
+            runs[profile.name] = run_profile(args, workdir, profile)
     except (RunFailed, OutOfTime, KeyboardInterrupt, TimeoutError) as e:
         print(f"\nbench: FAILED RUN, no figures: {e}", file=sys.stderr)
         args.keep = True
         return 1
     finally:
         signal.alarm(0)
-        log("stopping")
-        bench.teardown()
         if args.keep:
             print(f"bench: logs kept in {workdir}", file=sys.stderr)
         else:
@@ -904,7 +1190,7 @@ def main(argv=None) -> int:
     duration = time.monotonic() - started
     info = machine_info()
     info["background"] = f"{background:.0f}% of all cores busy in the 3 s before the run"
-    text, ok = render(args, info, phases, titles, bench.lifetime_peak_mb, duration, command)
+    text, ok = render(args, info, runs, duration, command)
     print()
     print(text)
     if not args.no_docs:
@@ -915,8 +1201,12 @@ def main(argv=None) -> int:
             fh.write(text + "\n")
         log(f"appended to {DOCS.relative_to(REPO)}")
     if args.json:
-        Path(args.json).write_text(json.dumps({"machine": info, "args": vars(args),
-                                               "phases": [asdict(p) for p in phases]}, indent=1))
+        Path(args.json).write_text(json.dumps({
+            "machine": info, "args": vars(args),
+            "profiles": {name: {"messages": r.messages, "phases": [asdict(p) for p in r.phases],
+                                "peak_rss_mb": {k: r.peak_rss_mb(k) for k in r.lifetime_peak_mb},
+                                "passed": r.passed, "decode_cost": r.decode_cost}
+                         for name, r in runs.items()}}, indent=1))
     return 0 if ok else 3
 
 

@@ -8,7 +8,13 @@ each transaction's latency. bench/run.py checks it against smtp-source in the sa
 (Postfix alone, same messages and concurrency): if the C program gets clearly more through,
 this sender was a bottleneck and the run says so.
 
-Messages: `SIZE_MIX` below, shuffled deterministically (seeded) per repetition. Each has 16
+Messages come from a mix: an object with `classes` ((label, share in percent) per class)
+and `message(class_idx, msg_no)`. `SizeMix` below is the pass-through profile's;
+bench/messages.py's `DecodeMix` is the decode profile's (attachments, nested messages,
+corpus messages, 5 MB messages). The mix is built once by the caller and inherited by the
+worker processes through fork, so large bodies are not rebuilt per phase.
+
+SizeMix: `SIZE_MIX` below, shuffled deterministically (seeded) per repetition. Each has 16
 header fields like inbound mail (Received x3, Authentication-Results, DKIM-Signature, ...),
 a unique Message-ID and Date; 4 KB is text/plain, 32 KB and 256 KB are multipart/mixed with
 a text part and a base64 attachment (256 KB is above pymavis' in-memory spool limit of
@@ -72,10 +78,10 @@ _WORDS = ("the of and to in is that for it as was with be by on not he this are 
           "invoice meeting report quarterly attached please find review project schedule").split()
 
 
-def plan(n: int, seed: int) -> list[int]:
-    """Size-class index per message: exactly the mix's shares of n (rounded, remainder to
-    the smallest class), in a seeded random order."""
-    counts = [n * share // 100 for _, _, share in SIZE_MIX]
+def plan(n: int, seed: int, shares: list[int] | None = None) -> list[int]:
+    """Class index per message: exactly the mix's shares (percent) of n (rounded down, the
+    remainder to the first class), in a seeded random order."""
+    counts = [n * share // 100 for share in (shares or [share for _, _, share in SIZE_MIX])]
     counts[0] += n - sum(counts)
     order = [i for i, c in enumerate(counts) for _ in range(c)]
     random.Random(seed).shuffle(order)
@@ -161,8 +167,11 @@ def _body(rng: random.Random, class_idx: int, header_guess: int) -> Body:
     return Body(f"multipart/mixed;\r\n\tboundary=\"{boundary}\"", head + attachment + tail)
 
 
-class Corpus:
-    """Message bodies per size class (a few variants each), headers made per message."""
+class SizeMix:
+    """The pass-through profile's mix: message bodies per size class (a few variants each),
+    headers made per message."""
+
+    classes = tuple((label, share) for label, _, share in SIZE_MIX)
 
     def __init__(self, seed: int = 1):
         self.seed = seed
@@ -271,9 +280,8 @@ class PhaseResult:
         return max(r.end for r in self.records) - self.t0
 
 
-def _worker(host, port, corpus_seed, order, first_msg_no, threads, io_timeout_s,
+def _worker(host, port, mix, order, first_msg_no, threads, io_timeout_s,
             counter, start_evt, out_q):
-    corpus = Corpus(corpus_seed)
     records: list[Record] = []
     lock = threading.Lock()
 
@@ -286,7 +294,7 @@ def _worker(host, port, corpus_seed, order, first_msg_no, threads, io_timeout_s,
             if i >= len(order):
                 break
             cls = order[i]
-            mail_from, rcpt, data = corpus.message(cls, first_msg_no + i)
+            mail_from, rcpt, data = mix.message(cls, first_msg_no + i)
             t = time.monotonic()
             try:
                 start, end = transact(host, port, mail_from, rcpt, data, io_timeout_s)
@@ -309,13 +317,13 @@ def _worker(host, port, corpus_seed, order, first_msg_no, threads, io_timeout_s,
     out_q.put(("done", records, cpu))
 
 
-def run_phase(host: str, port: int, n: int, concurrency: int, *, seed: int, first_msg_no: int,
+def run_phase(host: str, port: int, n: int, concurrency: int, *, mix, seed: int, first_msg_no: int,
               workers: int | None = None, io_timeout_s: float = 120.0,
               phase_timeout_s: float = 1800.0) -> PhaseResult:
-    """Send n messages (size mix shuffled with `seed`) at `concurrency`; return every
-    transaction's record. Message numbers start at first_msg_no (unique Message-IDs across
-    phases). Raises TimeoutError (after killing its workers) past phase_timeout_s."""
-    order = plan(n, seed)
+    """Send n messages of `mix` (its classes shuffled with `seed`) at `concurrency`; return
+    every transaction's record. Message numbers start at first_msg_no (unique Message-IDs
+    across phases). Raises TimeoutError (after killing its workers) past phase_timeout_s."""
+    order = plan(n, seed, [share for _, share in mix.classes])
     workers = max(1, min(concurrency, workers or os.cpu_count() or 2))
     shares = [concurrency // workers + (1 if w < concurrency % workers else 0) for w in range(workers)]
     ctx = mp.get_context("fork")
@@ -323,7 +331,7 @@ def run_phase(host: str, port: int, n: int, concurrency: int, *, seed: int, firs
     start_evt = ctx.Event()
     out_q = ctx.Queue()
     procs = [ctx.Process(target=_worker, daemon=True,
-                         args=(host, port, 1, order, first_msg_no, k, io_timeout_s,
+                         args=(host, port, mix, order, first_msg_no, k, io_timeout_s,
                                counter, start_evt, out_q))
              for k in shares]
     deadline = time.monotonic() + phase_timeout_s
