@@ -63,7 +63,9 @@ def scan_for(config, policy, txn, rcpt_settings) -> checks_mod.Scan:
     if config is None:
         return checks_mod.Scan(txn, policy, rcpt_settings)
     return checks_mod.Scan(txn, policy, rcpt_settings, limits=config["decode"], type_map=config["file_type_map"],
-                           rule_sets=config["banned_rules"])
+                           rule_sets=config["banned_rules"],
+                           gate=checks_mod.decode_gate(config["milter"]["decode_workers"],
+                                                      config["milter"]["decode_memory_bytes"]))
 
 
 def unchecked(result: checks_mod.CheckResult) -> Finding:

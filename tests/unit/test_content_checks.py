@@ -317,3 +317,28 @@ def test_spool_read_head(raw, head):
     assert len(big.read_head(100_000)) == 100_000
     assert big.read_head().endswith(b"\r\n\r\n")
     assert os.path.exists  # spools close with the test process
+
+
+def test_decode_gate_bounds_walks_and_bytes():
+    import threading
+    import time
+    from pymavis.checks import DecodeGate
+    gate = DecodeGate(walks=2, budget=100)
+    running, peak, lock = [], [], threading.Lock()
+
+    def walk(size):
+        with gate.admit(size):
+            with lock:
+                running.append(size)
+                peak.append((len(running), sum(min(s, 100) for s in running)))
+            time.sleep(0.02)
+            with lock:
+                running.remove(size)
+
+    threads = [threading.Thread(target=walk, args=(size,)) for size in (60, 60, 30, 500, 10, 10, 10)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(10)
+    assert not any(t.is_alive() for t in threads)
+    assert max(n for n, _ in peak) <= 2 and max(b for _, b in peak) <= 100

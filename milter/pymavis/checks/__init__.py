@@ -15,7 +15,8 @@ spam checks (later) come between decoding and banned, as in amavisd-new.
 
 from __future__ import annotations
 
-import functools
+import threading
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 
 from pymavis.banned import DEFAULT_RULE_SETS
@@ -41,23 +42,71 @@ class Scan:
     limits: Limits = Limits()
     type_map: tuple = DEFAULT_TYPE_MAP
     rule_sets: dict = field(default_factory=lambda: dict(DEFAULT_RULE_SETS))
+    gate: DecodeGate | None = None  # bounds the walks running at once
     decoded: bool = field(default=False, init=False)
+    _walk: Walk | None = field(default=None, init=False, repr=False)
 
     def everyone(self, setting: str) -> bool:
         """True when every recipient has `setting` (a bypass) true; False with no recipients."""
         return bool(self.rcpt_settings) and all(rs.get(setting) for rs in self.rcpt_settings)
 
-    @functools.cached_property
+    @property
     def walk(self) -> Walk:
         """Every part of the message (decode.walk), computed on first use. Raises only
         OSError (a spool that cannot be read). A message we did not store whole is not
-        decoded: its walk is one 'over limits' problem."""
-        self.decoded = True
-        spool = self.txn.spool
-        if getattr(spool, "truncated", False):
-            detail = f"message not stored whole: {spool.size} bytes, over every recipient's size limit"
-            return Walk((), (Problem("over limits", None, detail),), 0.0)
-        return walk(spool.read(), self.limits, self.type_map)
+        decoded: its walk is one 'over limits' problem. (Not functools.cached_property:
+        before Python 3.12 its lock is one per class, so every message's walk would wait
+        for every other's.)"""
+        if self._walk is None:
+            self.decoded = True
+            spool = self.txn.spool
+            if getattr(spool, "truncated", False):
+                detail = f"message not stored whole: {spool.size} bytes, over every recipient's size limit"
+                self._walk = Walk((), (Problem("over limits", None, detail),), 0.0)
+            else:
+                with self.gate.admit(spool.stored) if self.gate else nullcontext():
+                    self._walk = walk(spool.read(), self.limits, self.type_map)
+        return self._walk
+
+
+class DecodeGate:
+    """Admits at most `walks` walks at once, holding at most `budget` message bytes between
+    them (a walk larger than the budget runs alone). A walk holds about six times its
+    message in memory and is mostly Python (one core at a time under the GIL): two at once
+    keep two cores busy, while a burst of large messages cannot multiply the peak memory
+    by the number of workers."""
+
+    def __init__(self, walks: int, budget: int):
+        self.walks, self.budget = walks, budget
+        self._running, self._bytes = 0, 0
+        self._cond = threading.Condition()
+
+    @contextmanager
+    def admit(self, size: int):
+        weight = min(size, self.budget)
+        with self._cond:
+            self._cond.wait_for(lambda: self._running == 0 or (
+                self._running < self.walks and self._bytes + weight <= self.budget))
+            self._running += 1
+            self._bytes += weight
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._running -= 1
+                self._bytes -= weight
+                self._cond.notify_all()
+
+
+_GATES: dict[tuple, DecodeGate] = {}
+_GATES_LOCK = threading.Lock()
+
+
+def decode_gate(walks: int, budget: int) -> DecodeGate:
+    """The process-wide gate for these numbers (one per configuration value, so a reload
+    that keeps them keeps the gate)."""
+    with _GATES_LOCK:
+        return _GATES.setdefault((walks, budget), DecodeGate(walks, budget))
 
 
 def _registry():

@@ -98,6 +98,8 @@ _MILTER_SETTINGS = {
     "timeout": Int(minimum=1),
     "backlog": Int(minimum=1),
     "workers": Int(minimum=1, maximum=256),
+    "decode_workers": Int(minimum=1, maximum=256),
+    "decode_memory_bytes": Int(minimum=1),
     "spool_memory_bytes": Int(minimum=0),
     "scan_deadline_s": Float(minimum=1),
     "shutdown_grace_s": Float(minimum=0),
@@ -107,6 +109,8 @@ MILTER_DEFAULTS = {
     "timeout": 600,          # libmilter's I/O timeout toward the MTA
     "backlog": 64,
     "workers": 8,            # threads doing the work of end-of-message
+    "decode_workers": 2,     # of those, how many may decode at once (memory: ~6x the message each)
+    "decode_memory_bytes": 8 * 1024 * 1024,  # message bytes decoding at once; a larger one decodes alone
     "spool_memory_bytes": 102400,  # larger messages spill to a temp file
     "scan_deadline_s": 240,  # below Postfix's milter_content_timeout (300 s)
     "shutdown_grace_s": 30,  # how long SIGTERM waits for messages in flight

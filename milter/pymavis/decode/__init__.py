@@ -187,6 +187,7 @@ class _Walker:
 
     def run(self) -> None:
         root = self._parse(self.raw, base_depth=0, owner=None)
+        self.raw = b""  # the tree holds what is left to look at (our caller may still hold raw)
         if root is None:
             return
         self.stack.append(_Frame(iter([_Node(entity=root)]), "", None))
@@ -249,6 +250,7 @@ class _Walker:
             self.parts.append(Part(path, depth_path, name, declared, None, None, 0))
             return (_Node(entity=sub) for sub in subs)
         data = mime.content(entity)
+        entity.set_payload(None)  # the encoded text is not needed again: free it before the children
         if mime.encoded_message(entity):
             self.parts.append(Part(path, depth_path, name, declared, None, None, len(data)))
             return self._nested(data, path, depth_path) if self._spend(path, len(data)) else None

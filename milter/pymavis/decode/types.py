@@ -18,8 +18,9 @@ matches nothing gives short type None. The table is a plain sequence of
 Limits: libmagic sees at most `MAGIC_BYTES` (64 KiB) - 0.1-1 ms per buffer, 2-8 ms for
 text; some formats (ISO 9660 at offset 32 KiB, tar at 257) need only the head.
 
-Threads: a `magic.Magic` object holds a lock, so each thread gets its own
-(threading.local); creating one loads the magic database once per thread (~10 ms).
+Threads: a `magic.Magic` object holds a lock and, after its first text buffer, 6-9 MB
+of libmagic's memory; handles come from a pool as large as the number of detections
+running at once (creating one loads the magic database, ~10 ms).
 
 Failures: libmagic errors raise `magic.MagicException` (a subclass of Exception);
 the walker turns it into a Problem for that part.
@@ -28,9 +29,10 @@ the walker turns it into a Problem for that part.
 from __future__ import annotations
 
 import functools
+from contextlib import contextmanager
 import re
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import magic
 
@@ -154,15 +156,24 @@ DEFAULT_TYPE_MAP: tuple[tuple[re.Pattern[str], str], ...] = tuple(
     )
 )
 
-_local = threading.local()
+_idle: list[magic.Magic] = []
+_idle_lock = threading.Lock()
 
 
-def _magic() -> magic.Magic:
-    """This thread's libmagic handle (a Magic object serialises its callers on a lock)."""
-    handle = getattr(_local, "magic", None)
+@contextmanager
+def _magic() -> Iterator[magic.Magic]:
+    """A libmagic handle no other thread is using, from a pool that grows to the number of
+    detections running at once. Not one per thread: a handle keeps 6-9 MB after its first
+    text buffer, and only the few threads decoding at once (checks.DecodeGate) need one."""
+    with _idle_lock:
+        handle = _idle.pop() if _idle else None
     if handle is None:
-        handle = _local.magic = magic.Magic()
-    return handle
+        handle = magic.Magic()
+    try:
+        yield handle
+    finally:
+        with _idle_lock:
+            _idle.append(handle)
 
 
 def short_type(description: str, type_map: TypeMap = DEFAULT_TYPE_MAP) -> str | None:
@@ -189,5 +200,6 @@ def detect(
     data: bytes, type_map: TypeMap = DEFAULT_TYPE_MAP, max_bytes: int = MAGIC_BYTES
 ) -> tuple[str | None, str]:
     """(short type or None, libmagic description) of the first `max_bytes` of `data`."""
-    description = _magic().from_buffer(bytes(data[:max_bytes]))
+    with _magic() as handle:
+        description = handle.from_buffer(bytes(data[:max_bytes]))
     return short_type(description, type_map), description
