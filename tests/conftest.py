@@ -24,3 +24,17 @@ def public_tmp():
     path.chmod(0o755)
     yield path
     shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def clamd(tmp_path_factory):
+    """One real clamd for the session (harness/clamd.py; starts in ~0.1 s)."""
+    from harness.clamd import ClamdProcess
+    with ClamdProcess(str(tmp_path_factory.mktemp("clamd"))) as daemon:
+        yield daemon
+
+
+def scanners_yaml(clamd, method: str = "fildes") -> str:
+    """The `av_scanners:` lines of a pymavis config using the session's clamd."""
+    socket = clamd.socket_spec("unix" if method == "fildes" else "inet")
+    return f'av_scanners:\n  - {{name: clamd, socket: "{socket}", method: {method}, timeout_s: 30}}\n'

@@ -37,15 +37,24 @@ class Result:
     scan: checks_mod.Scan | None = field(default=None, compare=False, repr=False)  # None when no check ran
 
 
-def pass_headers(config, policy, findings=(), decisions=()) -> tuple[HeaderEdit, ...]:
+def pass_headers(config, policy, findings=(), decisions=(), scanned=False, subject=None) -> tuple[HeaderEdit, ...]:
+    """Headers for passed mail: X-Virus-Scanned when a virus scanner answered, one alert
+    per finding that concerns a passed recipient, the Subject tag of a passed recipient's
+    main category (the highest tag wins)."""
     edits = []
-    if policy.x_header_line:
+    if scanned and policy.x_header_line:
         value = policy.x_header_line.replace("{mydomain}", config.mydomain).replace("{myhostname}", config.myhostname)
         edits.append(HeaderEdit(policy.x_header_tag, value, "insert"))
     if policy.alert_header_tag:
         passed = [d.rcpt for d in decisions if not d.blocked]
         edits.extend(HeaderEdit(policy.alert_header_tag, alert_text(f), "insert")
                      for f in findings if any(f.applies_to(r) for r in passed))
+    tags = [policy.subject_tag_by_ccat.get(d.main.name) for d in sorted(decisions, key=lambda d: -d.main)
+            if not d.blocked]
+    tag = next((t for t in tags if t), None)
+    if tag:
+        edits.append(HeaderEdit("Subject", tag + subject, "change") if subject is not None
+                     else HeaderEdit("Subject", tag.rstrip(), "add"))
     return tuple(edits)
 
 
@@ -64,6 +73,8 @@ def scan_for(config, policy, txn, rcpt_settings) -> checks_mod.Scan:
         return checks_mod.Scan(txn, policy, rcpt_settings)
     return checks_mod.Scan(txn, policy, rcpt_settings, limits=config["decode"], type_map=config["file_type_map"],
                            rule_sets=config["banned_rules"],
+                           scanners=(config["av_scanners"], config["av_scanners_backup"]),
+                           first_infected_stops_scan=config["first_infected_stops_scan"],
                            gate=checks_mod.decode_gate(config["milter"]["decode_workers"],
                                                       config["milter"]["decode_memory_bytes"]))
 
@@ -103,8 +114,14 @@ def process(config, policy, txn, checks=None) -> Result:
         results.append(result)
         timings.append((result.name, (time.monotonic() - t1) * 1000))
     findings = tuple(f for r in results for f in (*r.findings, *([unchecked(r)] if r.could_not_check else [])))
+    tempfail = next((r.tempfail for r in results if r.tempfail), None)
+    if tempfail:
+        reply = Reply("451", "4.3.0", f"Temporary content check failure, try again later, id={txn.mail_id}")
+        return Result(Outcome(Action.TEMPFAIL, reply), findings, tuple(results), tuple(timings), scan)
     t2 = time.monotonic()
     decisions: tuple[RcptDecision, ...] = tuple(decide(policy, rs, findings) for rs in rcpt_settings)
-    outcome = collapse(policy, decisions, txn.mail_id, pass_headers(config, policy, findings, decisions))
+    scanned = any(r.scanned_by for r in results)
+    headers = pass_headers(config, policy, findings, decisions, scanned, txn.header("Subject"))
+    outcome = collapse(policy, decisions, txn.mail_id, headers)
     timings.append(("decide", (time.monotonic() - t2) * 1000))
     return Result(outcome, findings, tuple(results), tuple(timings), scan)

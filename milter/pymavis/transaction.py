@@ -59,6 +59,11 @@ class Spool:
         self._file.seek(0)
         return self._file.read()
 
+    def reader(self):
+        """The spool as a file object positioned at its start (for streaming it out)."""
+        self._file.seek(0)
+        return self._file
+
     def read_head(self, max_bytes: int = 1 << 20) -> bytes:
         """The bytes up to and including the first empty line (the header section), or the
         first `max_bytes` when there is none that early."""

@@ -10,6 +10,7 @@ import uuid
 
 import pytest
 
+from conftest import scanners_yaml
 from harness.net import wait_until
 from harness.postfix import PostfixInstance
 from harness.pymavisd import PymavisProcess
@@ -61,8 +62,8 @@ def sink():
 
 
 @pytest.fixture(scope="module")
-def pymavis(tmp_path_factory):
-    proc = PymavisProcess(str(tmp_path_factory.mktemp("pymavis")), MAIN).start()
+def pymavis(tmp_path_factory, clamd):
+    proc = PymavisProcess(str(tmp_path_factory.mktemp("pymavis")), MAIN + scanners_yaml(clamd)).start()
     yield proc
     assert proc.stop() == 0
 

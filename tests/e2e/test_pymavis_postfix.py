@@ -15,6 +15,7 @@ import uuid
 
 import pytest
 
+from conftest import scanners_yaml
 from harness.net import wait_until
 from harness.postfix import PostfixInstance
 from harness.pymavisd import PymavisProcess
@@ -59,9 +60,11 @@ def sink():
 
 
 @pytest.fixture(scope="module")
-def pymavis(tmp_path_factory):
-    proc = PymavisProcess(str(tmp_path_factory.mktemp("pymavis")), MAIN, BANKS,
+def pymavis(tmp_path_factory, clamd):
+    main = MAIN + scanners_yaml(clamd)
+    proc = PymavisProcess(str(tmp_path_factory.mktemp("pymavis")), main, BANKS,
                           env={"PYMAVIS_FAULT_INJECT": FAULT}).start()
+    proc.main = main
     yield proc
     assert proc.stop() == 0
     assert "pymavis stopped" in proc.log_text()
@@ -153,7 +156,7 @@ def test_internal_error_answers_451_and_the_sender_keeps_the_message(postfix, si
 
 
 def test_mail_keeps_flowing_across_reloads(postfix, sink, pymavis):
-    pymavis.write_config(MAIN.replace("mydomain: example.test", "mydomain: reloaded.test"), BANKS)
+    pymavis.write_config(pymavis.main.replace("mydomain: example.test", "mydomain: reloaded.test"), BANKS)
     pymavis.reload()
     assert "configuration reloaded" in pymavis.log_text()
     subj = subject("after-reload")
@@ -161,13 +164,13 @@ def test_mail_keeps_flowing_across_reloads(postfix, sink, pymavis):
     assert delivered(sink, subj).message["X-Virus-Scanned"] == "pymavis at reloaded.test"
 
     # A broken configuration is refused; the running one stays and mail still flows.
-    pymavis.write_config(MAIN + "policy_typo: 1\n", BANKS)
+    pymavis.write_config(pymavis.main + "policy_typo: 1\n", BANKS)
     pymavis.reload()
     assert "reload of" in pymavis.log_text() and "unknown key 'policy_typo'" in pymavis.log_text()
     subj = subject("after-bad-reload")
     assert postfix.send("mx", SENDER, ["bob@example.net"], message(subj)).code == 250
     assert delivered(sink, subj).message["X-Virus-Scanned"] == "pymavis at reloaded.test"
-    pymavis.write_config(MAIN, BANKS)   # leave the module's process as the other tests expect it
+    pymavis.write_config(pymavis.main, BANKS)   # leave the module's process as the other tests expect it
     pymavis.reload()
 
 

@@ -3,6 +3,8 @@ bank choice by daemon name and port, reply texts, recipient deletion, internal e
 
 import pytest
 
+from conftest import scanners_yaml
+
 from harness.miltertest import results, run_script, transaction
 from harness.pymavisd import PymavisProcess
 
@@ -31,8 +33,8 @@ BODY_2K = ("x" * 78 + "\r\n") * 25
 
 
 @pytest.fixture(scope="module")
-def milter(tmp_path_factory):
-    proc = PymavisProcess(str(tmp_path_factory.mktemp("pm")), MAIN, BANKS,
+def milter(tmp_path_factory, clamd):
+    proc = PymavisProcess(str(tmp_path_factory.mktemp("pm")), MAIN + scanners_yaml(clamd), BANKS,
                           env={"PYMAVIS_FAULT_INJECT": "please-crash"}).start()
     yield proc
     assert proc.stop() == 0

@@ -4,6 +4,7 @@ message whose end-of-message work is running is still answered before the proces
 import signal
 import threading
 
+from conftest import scanners_yaml
 from harness.milterclient import MilterClient
 from harness.net import LOOPBACK
 from harness.pymavisd import PymavisProcess
@@ -11,8 +12,8 @@ from harness.pymavisd import PymavisProcess
 MESSAGE = b"From: a@example.org\r\nDate: Sun, 22 Nov 2026 06:00:00 +0000\r\nSubject: slow one\r\n\r\nhello\r\n"
 
 
-def test_sigterm_finishes_the_message_in_flight(tmp_path):
-    milter = PymavisProcess(str(tmp_path), "log: {level: info}\n",
+def test_sigterm_finishes_the_message_in_flight(tmp_path, clamd):
+    milter = PymavisProcess(str(tmp_path), "log: {level: info}\n" + scanners_yaml(clamd),
                             env={"PYMAVIS_SLOW_INJECT": "slow one:3"}).start()
     try:
         # SIGTERM once the slow message's end-of-message work has started.

@@ -34,6 +34,7 @@ from collections import defaultdict
 import pytest
 
 from conftest import CORPUS
+from conftest import scanners_yaml
 from harness.milterclient import (MILTER_CHUNK_SIZE, MILTER_MAX_DATA_SIZE, POSTFIX_PROTOCOL, MilterClient,
                                   MilterProtocolError, MilterTimeout, split_message)
 from harness.net import LOOPBACK
@@ -78,8 +79,8 @@ MANIFEST = _manifest()
 
 
 @pytest.fixture(scope="module")
-def milter(tmp_path_factory):
-    proc = PymavisProcess(str(tmp_path_factory.mktemp("corpus")), MAIN, BANKS).start()
+def milter(tmp_path_factory, clamd):
+    proc = PymavisProcess(str(tmp_path_factory.mktemp("corpus")), MAIN + scanners_yaml(clamd), BANKS).start()
     yield proc
     assert proc.stop() == 0, proc.log_text()[-5000:]
     assert "pymavis stopped" in proc.log_text()

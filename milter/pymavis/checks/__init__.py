@@ -9,8 +9,11 @@ A check that could not do its work says so (`could_not_check`, with why); the pi
 turns that into UNCHECKED for every recipient, never into clean.
 
 The order in which checks run is stated here, in CHECKS, and nowhere else: size, then the
-header section, then decoding (its problems are UNCHECKED), then banned content. Virus and
-spam checks (later) come between decoding and banned, as in amavisd-new.
+header section, then decoding (its problems are UNCHECKED), then virus scanners, then
+banned content, as in amavisd-new (spam, later, after banned).
+
+A check may also say `tempfail` (all virus scanners failed and that is fatal): the whole
+message is answered TEMPFAIL, whatever the other checks found.
 """
 
 from __future__ import annotations
@@ -30,6 +33,8 @@ class CheckResult:
     findings: tuple[Finding, ...] = ()
     could_not_check: str | None = None   # why, when the check could not do its work
     elapsed_ms: float = 0.0
+    scanned_by: tuple[str, ...] = ()     # virus scanners that answered (X-Virus-Scanned)
+    tempfail: str | None = None          # why the whole message must be tried again later
 
 
 @dataclass
@@ -43,6 +48,8 @@ class Scan:
     type_map: tuple = DEFAULT_TYPE_MAP
     rule_sets: dict = field(default_factory=lambda: dict(DEFAULT_RULE_SETS))
     gate: DecodeGate | None = None  # bounds the walks running at once
+    scanners: tuple = ((), ())      # (primaries, backups): checks.virus.Scanner
+    first_infected_stops_scan: bool = False
     decoded: bool = field(default=False, init=False)
     _walk: Walk | None = field(default=None, init=False, repr=False)
 
@@ -110,8 +117,8 @@ def decode_gate(walks: int, budget: int) -> DecodeGate:
 
 
 def _registry():
-    from . import banned, content, headers, size
-    return (size.check, headers.check, content.check, banned.check)
+    from . import banned, content, headers, size, virus
+    return (size.check, headers.check, content.check, virus.check, banned.check)
 
 
 CHECKS = _registry()

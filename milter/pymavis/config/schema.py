@@ -22,8 +22,8 @@ from pymavis.checks.headers import MINOR_OF_TEST
 from pymavis.decode import DEFAULT_TYPE_MAP, Limits
 from pymavis.spec import suggest
 
-from .types import (Bool, BoolLookup, Enum, Float, Int, IpLookup, RuleSetsLookup, SettingError, SizeLookup, Str,
-                    StrMap, Type, _type_name)
+from .types import (Bool, BoolLookup, Enum, Float, Int, IpLookup, Lookup, RuleSetsLookup, SettingError, SizeLookup,
+                    Str, StrMap, Type, _type_name)
 
 DESTINIES = ("pass", "discard", "bounce", "reject", "tempfail")
 CATEGORIES = ("CLEAN", "MTA", "OVERSIZED", "BADH", "SPAMMY", "SPAM", "UNCHECKED", "BANNED", "VIRUS")
@@ -39,6 +39,26 @@ class Setting:
 
 def _settings(*items: Setting) -> dict[str, Setting]:
     return {s.name: s for s in items}
+
+
+class RegexList(Type):
+    """A list of regular expressions (case-insensitive, searched)."""
+
+    def convert(self, value, ctx):
+        if not isinstance(value, list):
+            raise SettingError(f"expected a list of regular expressions, got {_type_name(value)}")
+        out = []
+        for i, item in enumerate(value):
+            if not isinstance(item, str) or not item:
+                raise SettingError(f"expected a regular expression, got {item!r}", (i,))
+            try:
+                out.append(re.compile(item, re.IGNORECASE))
+            except re.error as exc:
+                raise SettingError(f"bad regular expression {item!r}: {exc}", (i,)) from None
+        return tuple(out)
+
+    def describe(self):
+        return "a list of regular expressions"
 
 
 _LOVERS = ("virus_lovers", "spam_lovers", "banned_files_lovers", "bad_header_lovers", "unchecked_lovers")
@@ -86,7 +106,16 @@ POLICY_SETTINGS = _settings(
             "8-bit header text that is valid UTF-8 (RFC 6532) is not a bad header"),
     Setting("alert_header_tag", Str(nullable=True), "X-Pymavis-Alert",
             "header listing the findings on mail passed despite them (amavis's X-Amavis-Alert); null: none"),
-    Setting("x_header_tag", Str(nonempty=True), "X-Virus-Scanned", "name of the header added to passed mail"),
+    Setting("virus_scanners_failure_is_fatal", Bool(), True,
+            "when every virus scanner failed: true answers TEMPFAIL (the MTA retries), false makes it UNCHECKED"),
+    Setting("virus_admin", Lookup("address", str), None,
+            "per-recipient: who is told about a virus for this recipient (used by notifications)"),
+    Setting("viruses_that_fake_sender", RegexList(), ["."],
+            "virus names (regexes) known to forge the sender: no notice to the sender (notifications)"),
+    Setting("subject_tag_by_ccat", StrMap(Str(), keys=CATEGORIES), {"VIRUS": "***INFECTED*** "},
+            "Subject prefix on mail passed to recipients whose main category is listed"),
+    Setting("x_header_tag", Str(nonempty=True), "X-Virus-Scanned",
+            "header added to passed mail when a virus scanner answered"),
     Setting("x_header_line", Str(nullable=True), "pymavis at {mydomain}",
             "its value ({mydomain}, {myhostname} expand); null: no header"),
     Setting("on_internal_error", Enum(("tempfail", "accept")), "tempfail",
@@ -199,6 +228,51 @@ class FileTypeMap(Type):
         return "a list of [regex, short type] pairs"
 
 
+_SCANNER_KEYS = {"name": Str(nonempty=True), "socket": Str(nonempty=True),
+                 "method": Enum(("fildes", "instream")), "connect_timeout_s": Float(minimum=0.1),
+                 "timeout_s": Float(minimum=0.1), "max_size": Int(minimum=0)}
+SCANNER_DEFAULTS = {"method": None, "connect_timeout_s": 5.0, "timeout_s": 60.0, "max_size": 0}
+
+
+class ScannerList(Type):
+    """[{name, socket, method, connect_timeout_s, timeout_s, max_size}, ...] -> virus.Scanner.
+    `method` defaults to fildes on a unix socket, instream over TCP; fildes over TCP is an
+    error (clamd cannot receive a descriptor there)."""
+
+    def convert(self, value, ctx):
+        from pymavis import clamd
+        from pymavis.checks.virus import Scanner
+        if value is None:
+            return ()
+        if not isinstance(value, list):
+            raise SettingError(f"expected a list of scanners, got {_type_name(value)}")
+        scanners = []
+        for i, item in enumerate(value):
+            if not isinstance(item, dict):
+                raise SettingError(f"expected a mapping {{name, socket, ...}}, got {item!r}", (i,))
+            section = Section(_SCANNER_KEYS, SCANNER_DEFAULTS)
+            try:
+                fields = section.convert(item, ctx)
+            except SettingError as exc:
+                raise SettingError(str(exc), (i,) + exc.path) from None
+            for key in ("name", "socket"):
+                if key not in item:
+                    raise SettingError(f"a scanner needs {key!r}", (i,))
+            try:
+                client = clamd.ClamdClient(fields["socket"], connect_timeout=fields["connect_timeout_s"],
+                                           timeout=fields["timeout_s"])
+            except ValueError as exc:
+                raise SettingError(str(exc), (i, "socket")) from None
+            method = fields["method"] or ("fildes" if client.can_pass_fd else "instream")
+            if method == "fildes" and not client.can_pass_fd:
+                raise SettingError("method fildes needs a unix: socket (use instream over TCP)", (i, "method"))
+            scanners.append(Scanner(fields["name"], client, method, fields["max_size"]))
+        return tuple(scanners)
+
+    def describe(self):
+        return "a list of scanners ({name, socket, method, connect_timeout_s, timeout_s, max_size})"
+
+
 class _IpBankList(Type):
     """Documents the shape; load.py converts the entries itself (each `ip` is a lookup)."""
 
@@ -230,6 +304,12 @@ GLOBAL_SETTINGS = _settings(
             "[regex, short type] pairs tried on libmagic's description before the shipped table"),
     Setting("banned_rules", BannedRules(), {},
             "banned rule sets by name; DEFAULT, NO-EXE, ALLOW_EXE, NO-DISK-IMAGES are shipped"),
+    Setting("av_scanners", ScannerList(), [],
+            "virus scanners (clamd), all run in order; none configured: no virus scanning"),
+    Setting("av_scanners_backup", ScannerList(), [],
+            "scanners tried in order, until one answers, only when every primary failed"),
+    Setting("first_infected_stops_scan", Bool(), False,
+            "stop at the first primary scanner that finds a virus (default: every primary runs)"),
     Setting("mynets_bank", Str(nullable=True), "MYNETS", "bank loaded when the client is in mynetworks"),
     Setting("auth_bank", Str(nullable=True), "AUTH", "bank loaded when the client authenticated (SMTP AUTH)"),
     Setting("myusers_bank", Str(nullable=True), "MYUSERS",
