@@ -1,0 +1,204 @@
+"""The virus check in the pipeline against a real clamd (and fakes for what a real one cannot
+be made to do on demand): verdicts, heuristics, backups, the failure policy, headers."""
+
+import base64
+import textwrap
+
+import pytest
+
+from harness.clamd import CLAM_EXE_SIGNATURE, EICAR, EICAR_SIGNATURE, ClamdProcess, reported
+from harness.fakescanner import FakeScanner
+from harness.samples import zip_bytes
+from pymavis import pipeline
+from pymavis.categories import Ccat
+from pymavis.config import ConfigError, load
+from pymavis.outcome import Action
+from pymavis.policy import merge
+from pymavis.transaction import Connection, Rcpt, TransactionBuilder
+
+CLAM_EXE = open("/usr/share/clamav-testfiles/clam.exe", "rb").read()
+HEAD = "From: a@example.org\r\nDate: Sun, 22 Nov 2026 06:00:00 +0000\r\nSubject: {subject}\r\n"
+
+
+def message(attachment: bytes | None = None, name="file.bin", subject="test", body="hello\r\n") -> bytes:
+    if attachment is None:
+        return (HEAD.format(subject=subject) + "\r\n" + body).encode()
+    data = base64.encodebytes(attachment).decode().replace("\n", "\r\n")
+    return (HEAD.format(subject=subject) + 'MIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary="b"\r\n\r\n'
+            f"--b\r\nContent-Type: text/plain\r\n\r\n{body}--b\r\nContent-Type: application/octet-stream\r\n"
+            f'Content-Transfer-Encoding: base64\r\nContent-Disposition: attachment; filename="{name}"\r\n\r\n'
+            f"{data}--b--\r\n").encode()
+
+
+def txn_of(raw: bytes, rcpts=("b@example.com",), tmp_dir=None):
+    conn = Connection("c1", "192.0.2.1", 40000, "client.example", "client.example", (), 0.0)
+    builder = TransactionBuilder(conn, "<a@example.org>", (), {}, 100 * 1024, tmp_dir)
+    for r in rcpts:
+        builder.add_rcpt(Rcpt(f"<{r}>", r), 0)
+    head, _, body = raw.partition(b"\r\n\r\n")
+    for line in head.split(b"\r\n"):
+        name, _, value = line.partition(b":")
+        builder.add_header(name.decode(), value.decode().strip(), line + b"\r\n")
+    builder.end_of_headers()
+    builder.add_body(body)
+    return builder.freeze("QID1", {})
+
+
+def run(tmp_path, raw, config_text, rcpts=("b@example.com",)):
+    path = tmp_path / "pymavis.yaml"
+    path.write_text(f"state_dir: {tmp_path}\nmydomain: example.com\n" + textwrap.dedent(config_text))
+    config = load(str(path))
+    txn = txn_of(raw, rcpts, str(tmp_path))
+    try:
+        return pipeline.process(config, merge(config, ()), txn)
+    finally:
+        txn.spool.close()
+
+
+def scanners(*entries, key="av_scanners"):
+    return f"{key}:\n" + "".join(f"  - {e}\n" for e in entries)
+
+
+def clamd_entry(clamd, method="fildes", name="clamd", **extra):
+    socket = clamd.socket_spec("unix" if method == "fildes" else "inet")
+    more = "".join(f", {k}: {v}" for k, v in extra.items())
+    return f'{{name: {name}, socket: "{socket}", method: {method}{more}}}'
+
+
+def headers(result):
+    return {h.name: h.value for h in result.outcome.headers}
+
+
+@pytest.mark.parametrize("method", ["fildes", "instream"])
+@pytest.mark.parametrize("raw,signature", [
+    (message(body="X " + EICAR.decode() + "\r\n"), EICAR_SIGNATURE),
+    (message(CLAM_EXE, "clam.exe"), CLAM_EXE_SIGNATURE),
+    (message(zip_bytes(("inner/clam.exe", CLAM_EXE))), CLAM_EXE_SIGNATURE),
+], ids=["eicar-body", "clam.exe", "clam.exe-in-zip"])
+def test_infected_is_virus_with_the_name(tmp_path, clamd, method, raw, signature):
+    result = run(tmp_path, raw, scanners(clamd_entry(clamd, method)) + "policy: {final_virus_destiny: reject}\n")
+    assert result.outcome.action is Action.REJECT
+    assert str(result.outcome.reply).startswith("554 5.7.0 Reject, id=")
+    assert str(result.outcome.reply).endswith(f" - INFECTED: {reported(signature)}")
+    [virus] = [f for f in result.findings if f.ccat is Ccat.VIRUS]
+    assert dict(virus.values)["virus_names"] == (reported(signature),)
+
+
+def test_clean_mail_gets_x_virus_scanned(tmp_path, clamd):
+    result = run(tmp_path, message(zip_bytes(("notes.txt", b"hello\n"))), scanners(clamd_entry(clamd)))
+    assert result.outcome.action is Action.CONTINUE and result.findings == ()
+    assert headers(result)["X-Virus-Scanned"] == "pymavis at example.com"
+    assert {r.name: r for r in result.checks}["virus"].scanned_by == ("clamd",)
+
+
+def test_lover_gets_it_tagged_other_removed(tmp_path, clamd):
+    config = scanners(clamd_entry(clamd)) + "policy: {virus_lovers: [lover@example.com], final_virus_destiny: reject}\n"
+    # EICAR as text: clam.exe would also be BANNED (exe-ms), and the lover loves only viruses
+    result = run(tmp_path, message(body=EICAR.decode() + "\r\n", subject="invoice"), config,
+                 rcpts=("b@example.com", "lover@example.com"))
+    out = result.outcome
+    assert out.action is Action.CONTINUE and out.del_rcpts == ("b@example.com",)
+    edits = {(h.name, h.op): h.value for h in out.headers}
+    assert edits[("Subject", "change")] == "***INFECTED*** invoice"
+    assert any(h.name == "X-Pymavis-Alert" and h.value.startswith("INFECTED, message contains virus: ")
+               for h in out.headers)
+
+
+def test_bypass_for_everyone_skips_the_scan(tmp_path, clamd):
+    config = scanners(clamd_entry(clamd)) + "policy: {bypass_virus_checks: true}\n"
+    result = run(tmp_path, message(CLAM_EXE, "clam.exe"), config)
+    assert {r.name: r for r in result.checks}["virus"].scanned_by == ()
+    assert "X-Virus-Scanned" not in headers(result)
+    assert Ccat.VIRUS not in {f.ccat for f in result.findings}
+
+
+def test_encrypted_archive_heuristic_is_unchecked_encrypted(tmp_path, clamd):
+    import subprocess
+    (tmp_path / "a.txt").write_bytes(b"secret\n")
+    subprocess.run(["zip", "-q", "-j", "-P", "pw", str(tmp_path / "e.zip"), str(tmp_path / "a.txt")], check=True)
+    raw = message((tmp_path / "e.zip").read_bytes(), "e.zip")
+    result = run(tmp_path, raw, scanners(clamd_entry(clamd)))
+    from_virus = [f for f in result.findings if f.check == "virus"]
+    assert [(f.ccat, f.minor) for f in from_virus] == [(Ccat.UNCHECKED, 1)]
+    assert "Heuristics.Encrypted.Zip" in from_virus[0].detail
+
+
+def test_backup_takes_over_when_the_primary_is_down(tmp_path, clamd):
+    config = (scanners(f'{{name: dead, socket: "unix:{tmp_path}/nothing.sock"}}')
+              + scanners(clamd_entry(clamd, name="backup"), key="av_scanners_backup")
+              + "policy: {final_virus_destiny: reject}\n")
+    result = run(tmp_path, message(body=EICAR.decode() + "\r\n"), config)
+    assert result.outcome.action is Action.REJECT
+    assert {r.name: r for r in result.checks}["virus"].scanned_by == ("backup",)
+
+
+def test_backups_are_not_asked_when_a_primary_answered(tmp_path, clamd):
+    with FakeScanner("garbage") as fake:
+        config = scanners(clamd_entry(clamd)) + scanners(
+            f'{{name: fake, socket: "inet:127.0.0.1:{fake.port}"}}', key="av_scanners_backup")
+        result = run(tmp_path, message(), config)
+    assert {r.name: r for r in result.checks}["virus"].scanned_by == ("clamd",)
+
+
+@pytest.mark.parametrize("mode", ["stall", "close", "garbage"])
+def test_all_scanners_failed_is_tempfail_by_default(tmp_path, mode):
+    with FakeScanner(mode) as fake:
+        config = scanners(f'{{name: fake, socket: "inet:127.0.0.1:{fake.port}", timeout_s: 0.5}}')
+        result = run(tmp_path, message(), config)
+    assert result.outcome.action is Action.TEMPFAIL
+    assert str(result.outcome.reply).startswith("451 4.3.0 ")
+
+
+def test_all_scanners_failed_is_unchecked_when_not_fatal(tmp_path):
+    with FakeScanner("garbage") as fake:
+        config = (scanners(f'{{name: fake, socket: "inet:127.0.0.1:{fake.port}", timeout_s: 0.5}}')
+                  + "policy: {virus_scanners_failure_is_fatal: false}\n")
+        result = run(tmp_path, message(), config)
+    assert result.outcome.action is Action.CONTINUE
+    [f] = [f for f in result.findings if f.check == "virus"]
+    assert (f.ccat, f.minor) == (Ccat.UNCHECKED, 0) and "all virus scanners failed" in f.detail
+    assert "X-Virus-Scanned" not in headers(result)
+
+
+def test_over_the_stream_limit_is_unchecked_over_limits_never_clean(tmp_path, tmp_path_factory):
+    with ClamdProcess(str(tmp_path_factory.mktemp("small")), StreamMaxLength="1M") as small:
+        raw = message(b"\x00" * (2 << 20), "big.bin")
+        result = run(tmp_path, raw, scanners(clamd_entry(small, "instream")))
+    [f] = [f for f in result.findings if f.check == "virus"]
+    assert (f.ccat, f.minor) == (Ccat.UNCHECKED, 2)
+    assert "X-Virus-Scanned" not in headers(result)
+
+
+def test_our_max_size_is_unchecked_over_limits(tmp_path, clamd):
+    result = run(tmp_path, message(b"x" * 5000), scanners(clamd_entry(clamd, max_size=1000)))
+    [f] = [f for f in result.findings if f.check == "virus"]
+    assert (f.ccat, f.minor) == (Ccat.UNCHECKED, 2) and "max_size 1000" in f.detail
+
+
+def test_first_infected_stops_scan(tmp_path, clamd):
+    with FakeScanner("garbage") as fake:
+        fake_entry = f'{{name: fake, socket: "inet:127.0.0.1:{fake.port}", timeout_s: 0.5}}'
+        raw = message(body=EICAR.decode() + "\r\n")
+        stopping = run(tmp_path, raw, scanners(clamd_entry(clamd), fake_entry) + "first_infected_stops_scan: true\n")
+        assert fake.accepted == 0
+        run(tmp_path, raw, scanners(clamd_entry(clamd), fake_entry))
+        assert fake.accepted == 1
+    assert Ccat.VIRUS in {f.ccat for f in stopping.findings}
+
+
+@pytest.mark.parametrize("entry,words", [
+    ('{name: x, socket: "inet:127.0.0.1:3310", method: fildes}', ["fildes needs a unix: socket"]),
+    ('{name: x, socket: "tcp:nowhere"}', ["socket"]),
+    ('{name: x, sokcet: "unix:/x"}', ["unknown key 'sokcet'", "socket"]),
+    ('{socket: "unix:/x"}', ["needs 'name'"]),
+    ('{name: x, socket: "unix:/x", method: streaming}', ["expected one of fildes, instream"]),
+])
+def test_scanner_config_errors(tmp_path, entry, words):
+    path = tmp_path / "p.yaml"
+    path.write_text("state_dir: /tmp\n" + scanners(entry))
+    with pytest.raises(ConfigError) as info:
+        load(str(path))
+    [error] = info.value.errors
+    assert error.startswith(f"{path}:3: "), error
+    for word in words:
+        assert word in error, error
