@@ -637,3 +637,35 @@ def test_agreeing_zip_has_no_ambiguity():
     data = disguised_zip(b"aaaa.txt", b"aaaa.txt", b"x")
     result = walk(message(attached(data, "files.zip", b"application/zip")))
     assert result.problems == ()
+
+
+def overlapping_zip(entries: int, size: int) -> bytes:
+    """Fifield's non-recursive zip bomb: one deflated file that every central directory
+    entry points at (2,000 entries x 1 MiB would expand to 2 GB)."""
+    import io
+    import struct
+    import zipfile
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr("k", b"\0" * size)
+    data = buf.getvalue()
+    eocd = data.rfind(b"PK\x05\x06")
+    cd_size, cd_offset = struct.unpack("<II", data[eocd + 12:eocd + 20])
+    fixed = data[cd_offset:cd_offset + 46]
+    central = b"".join(fixed[:28] + struct.pack("<H", len(name)) + fixed[30:] + name
+                       for name in (b"f%05d" % i for i in range(entries)))
+    end = data[eocd:eocd + 8] + struct.pack("<HHII", entries, entries, len(central), cd_offset) + data[eocd + 20:eocd + 22]
+    return data[:cd_offset] + central + end
+
+
+def test_overlapping_file_zip_bomb_is_read_once():
+    started = time.monotonic()
+    result = walk(message(attached(overlapping_zip(2000, 1 << 20), "bomb.zip", b"application/zip")))
+    assert time.monotonic() - started < HANG_S
+    members = [p for p in result.parts if p.depth_path.count("/") == 2]
+    # libarchive reads the one local file once; the central directory's 2,000 other names
+    # are parts without content, up to the parts limit, and the zip is ambiguous
+    assert sum(p.size for p in members) == 1 << 20
+    assert [(p.minor, p.detail) for p in result.problems] == [
+        ("ambiguous", "f00000, f00001, f00002 and 1997 more: in the zip's central directory, not in its local headers"),
+        ("over limits", "parts 1501 > limit 1500")]

@@ -101,10 +101,11 @@ def _central_directory_agrees(data: bytes, items: Iterator[Member | Issue]) -> I
         yield item
     if not complete:
         return
-    for name in _central_names(data):
-        if name not in local:
-            yield Issue("ambiguous", f"{name}: in the zip's central directory, not in its local headers")
-            yield Member(name, None)
+    hidden = [name for name in _central_names(data) if name not in local]
+    if hidden:
+        shown = ", ".join(hidden[:3]) + (f" and {len(hidden) - 3} more" if len(hidden) > 3 else "")
+        yield Issue("ambiguous", f"{shown}: in the zip's central directory, not in its local headers")
+        yield from (Member(name, None) for name in hidden)
 
 
 def _central_names(data: bytes) -> list[str]:
