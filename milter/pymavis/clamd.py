@@ -39,7 +39,8 @@ share between threads.
 
 Limits, with their reason: CHUNK_BYTES = 64 KiB (clamd reads chunks of any size up to its
 StreamMaxLength; 64 KiB per sendall keeps the copies small and lets us notice an early
-reply within 64 KiB); MAX_REPLY_BYTES = 64 KiB (a clamd reply is one short line per match;
+reply within 64 KiB once the kernel's socket buffers are full: over loopback TCP that is
+after 2-4 MB more); MAX_REPLY_BYTES = 64 KiB (a clamd reply is one short line per match;
 more means we are not talking to clamd). clamd's own limits decide what is scanned:
 StreamMaxLength (INSTREAM only; over it: ClamdSizeLimit), MaxFileSize / MaxScanSize /
 MaxFiles / MaxRecursion / MaxScanTime (both commands; over them clamd answers "OK" for the

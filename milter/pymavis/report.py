@@ -17,13 +17,17 @@ _VERB = {"pass": "Passed", "discard": "Blocked", "bounce": "Blocked", "reject": 
 _HOW = {"pass": "Relayed", "discard": "Discarded", "bounce": "Bounced", "reject": "Rejected", "tempfail": "TempFailed"}
 
 
-# amavis's log names for UNCHECKED minors; AMBIGUOUS is ours (checks/content.py)
+# amavis's names in the main log line: "Blocked INFECTED", "Passed BAD-HEADER-7",
+# "Passed UNCHECKED-ENCRYPTED"; AMBIGUOUS is ours (checks/content.py)
 _MINOR_NAMES = {(Ccat.UNCHECKED, 1): "UNCHECKED-ENCRYPTED", (Ccat.UNCHECKED, 2): "UNCHECKED-OVERLIMIT",
                 (Ccat.UNCHECKED, 3): "UNCHECKED-AMBIGUOUS"}
+_LOG_NAMES = {Ccat.VIRUS: "INFECTED", Ccat.MTA: "MTA-BLOCKED"}
 
 
 def ccat_name(ccat: Ccat, minor: int = 0) -> str:
-    return _MINOR_NAMES.get((ccat, minor), ccat.name)
+    if ccat is Ccat.BADH:
+        return f"BAD-HEADER-{minor}"
+    return _MINOR_NAMES.get((ccat, minor)) or _LOG_NAMES.get(ccat, ccat.name)
 
 
 def finding_lines(txn, findings) -> list[str]:
@@ -54,7 +58,7 @@ def main_lines(txn, policy, outcome: Outcome, elapsed_ms: float) -> list[str]:
         key = (_VERB[destiny], ccat, _HOW[destiny] + tagged + direction(policy, policy.is_local(d.rcpt)))
         groups.setdefault(key, []).append(d.rcpt)
     if not groups:  # a transaction without decisions (internal error before deciding)
-        groups[("Blocked" if outcome.action is not Action.CONTINUE else "Passed", "MTA",
+        groups[("Blocked" if outcome.action is not Action.CONTINUE else "Passed", ccat_name(Ccat.MTA),
                 _HOW["tempfail"] + "Inbound")] = [r.addr for r in txn.rcpts]
     client = f"[{txn.conn.client_ip}]:{txn.conn.client_port}" if txn.conn.client_ip else "[local]"
     message_id = header_text(txn.header("Message-ID") or "-", 200)
