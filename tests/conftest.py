@@ -38,3 +38,11 @@ def scanners_yaml(clamd, method: str = "fildes") -> str:
     """The `av_scanners:` lines of a pymavis config using the session's clamd."""
     socket = clamd.socket_spec("unix" if method == "fildes" else "inet")
     return f'av_scanners:\n  - {{name: clamd, socket: "{socket}", method: {method}, timeout_s: 30}}\n'
+
+
+@pytest.fixture(scope="module")
+def sink():
+    """An SMTP sink for Postfix to relay to: one per module, so each module sees only its mail."""
+    from harness.sink import SMTPSink
+    with SMTPSink() as s:
+        yield s

@@ -14,7 +14,6 @@ from conftest import scanners_yaml
 from harness.net import wait_until
 from harness.postfix import PostfixInstance
 from harness.pymavisd import PymavisProcess
-from harness.sink import SMTPSink
 from harness.samples import pe, zip_bytes
 
 SENDER = "alice@example.org"
@@ -53,12 +52,6 @@ def subject(label: str) -> str:
 def banned_message(subj: str) -> bytes:
     inner = with_attachment("invoice", "docs.zip", "application/zip", zip_bytes(("invoice.pdf.exe", pe())))
     return forwarded(subj, inner)
-
-
-@pytest.fixture(scope="module")
-def sink():
-    with SMTPSink() as s:
-        yield s
 
 
 @pytest.fixture(scope="module")

@@ -58,12 +58,6 @@ def received(sink: SMTPSink, subject: str, timeout: float = 30) -> SinkMessage:
 
 
 @pytest.fixture(scope="module")
-def sink():
-    with SMTPSink() as s:
-        yield s
-
-
-@pytest.fixture(scope="module")
 def workdir():
     # Not pytest's tmp_path: its parents are mode 0700 and Postfix daemons run as `postfix`.
     path = Path(tempfile.mkdtemp(prefix="pymavis-e2e-postfix-"))

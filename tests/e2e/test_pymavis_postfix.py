@@ -19,7 +19,6 @@ from conftest import scanners_yaml
 from harness.net import wait_until
 from harness.postfix import PostfixInstance
 from harness.pymavisd import PymavisProcess
-from harness.sink import SMTPSink
 
 SENDER = "alice@example.org"
 FAULT = "please-fail-internally"
@@ -51,12 +50,6 @@ def subject(label: str) -> str:
 
 
 BIG_BODY = ("y" * 76 + "\r\n") * 40   # ~3.1 KB: over the ORIGINATING limit, under the default
-
-
-@pytest.fixture(scope="module")
-def sink():
-    with SMTPSink() as s:
-        yield s
 
 
 @pytest.fixture(scope="module")

@@ -31,7 +31,6 @@ from harness.net import wait_until
 from harness.postfix import PostfixInstance
 from harness.pymavisd import PymavisProcess
 from harness.samples import zip_bytes
-from harness.sink import SMTPSink
 from harness.virusmail import SENDER, attached, big, clamav_file, eicar_plain, forwarded, plain, uuencoded_inline
 
 BOB, LOVER = "bob@example.net", "lover@example.net"
@@ -67,12 +66,6 @@ def clean(subj: str, to: str = BOB) -> bytes:
 
 
 # --- fixtures ---------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def sink():
-    with SMTPSink() as s:
-        yield s
 
 
 @pytest.fixture(scope="module")
