@@ -46,6 +46,7 @@ from pathlib import Path
 BENCH_DIR = Path(__file__).resolve().parent
 REPO = BENCH_DIR.parent
 sys.path.insert(0, str(REPO / "milter"))
+sys.path.insert(0, str(REPO / "tests"))      # bench/messages.py takes EICAR from harness.clamd
 sys.path.insert(0, str(BENCH_DIR))
 
 import messages  # noqa: E402

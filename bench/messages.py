@@ -22,6 +22,17 @@ decoder does the work it does on real mail:
     5 MB zip              1%   a 5 MB message: zip of PDFs, a CSV and photos
     5 MB PDF              1%   a 5 MB message: one large PDF
 
+The virus profile's mix (`VIRUS_MIX`) is the same with 3% infected messages, made at run
+time from the EICAR string and clamav-testfiles' clam.exe (Debian package
+clamav-testfiles), which the test clamd (tests/harness/clamd.py) knows by its two
+signatures; their share is taken from "50 KB + PDF" (20% -> 17%):
+
+    infected: EICAR in text       1%   8 KB text/plain, the EICAR string as one line of it
+    infected: EICAR attachment    1%   8 KB: text part + eicar.com (base64)
+    infected: clam.exe in zip     1%   8 KB: text part + a zip holding clam.exe (deflated)
+
+`MsgClass.virus` names the signature clamd must report for a class (None: none).
+
 Sizes are whole messages (headers + body) within 2%; the header section is bench/sender.py's
 (16 fields as inbound mail has them, unique Message-ID per message). Each class has a few
 variants (`VARIANTS`), so the decoder never sees one body only; the 5 MB classes two.
@@ -50,6 +61,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import sender
+from harness.clamd import CLAM_EXE_SIGNATURE, EICAR, EICAR_SIGNATURE, TESTFILES
 
 CORPUS_DIR = Path("/work/shared/corpus")
 CORPUS_MIN_BYTES, CORPUS_MAX_BYTES = 2 * 1024, 1024 * 1024
@@ -313,12 +325,47 @@ def _forwarded(rng: random.Random, room: int) -> Body:
     return _fit(build, room, slope=78 / 57, start=room * 57 // 78, size=_body_size)
 
 
+def _whole_lines(rng: random.Random, n: int) -> bytes:
+    """Text of whole CRLF lines, at most n bytes (at least one line)."""
+    text = sender._text_lines(rng, n)
+    return text[:max(text.rfind(b"\r\n", 0, n), text.find(b"\r\n")) + 2]
+
+
+def _eicar_text(rng: random.Random, room: int) -> Body:
+    """text/plain with the EICAR test string as one line between two halves of text."""
+    line = EICAR + b"\r\n"
+    before = _whole_lines(rng, (room - len(line)) // 2)
+    after = _whole_lines(rng, room - len(line) - len(before))
+    return Body("text/plain; charset=us-ascii", before + line + after)
+
+
+def clam_exe_zip() -> bytes:
+    """A zip holding clamav-testfiles' clam.exe, deflated (built here, nothing committed)."""
+    return _zip([("clam.exe", (Path(TESTFILES) / "clam.exe").read_bytes(), zipfile.ZIP_DEFLATED)])
+
+
+def _text_and_file(ctype: str, name: str, make: Callable[[], bytes]):
+    """A body maker: multipart/mixed with a text part sized to fill the message and one
+    small base64 attachment of fixed content."""
+    def body(rng: random.Random, room: int) -> Body:
+        seed = rng.getrandbits(32)
+        data = make()
+
+        def build(text_len: int) -> Body:
+            r = random.Random(seed)
+            boundary = _boundary(r)
+            return _multipart(boundary, "mixed", [_text_part(r, text_len), _attachment_part(ctype, name, data)])
+        return _fit(build, room, slope=1.0, start=max(200, room - 1500), size=_body_size)
+    return body
+
+
 @dataclass(frozen=True)
 class MsgClass:
     label: str
     share: int                      # percent of the mix
     size: int | None                # whole-message bytes; None: corpus messages as they are
     body: Callable[[random.Random, int], Body] | None
+    virus: str | None = None        # the signature clamd must report (tests/harness/clamd.py)
 
 
 DECODE_MIX: tuple[MsgClass, ...] = (
@@ -334,6 +381,19 @@ DECODE_MIX: tuple[MsgClass, ...] = (
     MsgClass("5 MB PDF", 1, 5 * MB, _one_attachment("application/pdf", "scan-{n}.pdf", pdf_bytes)),
 )
 assert sum(c.share for c in DECODE_MIX) == 100
+
+INFECTED: tuple[MsgClass, ...] = (
+    MsgClass("infected: EICAR in text", 1, 8 * KB, _eicar_text, EICAR_SIGNATURE),
+    MsgClass("infected: EICAR attachment", 1, 8 * KB,
+             _text_and_file("application/octet-stream", "eicar.com", lambda: EICAR), EICAR_SIGNATURE),
+    MsgClass("infected: clam.exe in zip", 1, 8 * KB,
+             _text_and_file("application/zip", "documents.zip", clam_exe_zip), CLAM_EXE_SIGNATURE),
+)
+# The decode mix with the infected share taken from its largest class.
+VIRUS_MIX: tuple[MsgClass, ...] = tuple(
+    MsgClass(c.label, c.share - sum(i.share for i in INFECTED), c.size, c.body) if c.label == "50 KB + PDF" else c
+    for c in DECODE_MIX) + INFECTED
+assert sum(c.share for c in VIRUS_MIX) == 100
 
 
 def sized_body(cls: MsgClass, seed: str) -> Body:
@@ -393,12 +453,13 @@ def smtp_data(raw: bytes) -> bytes:
 
 
 class DecodeMix:
-    """What bench/sender.py sends in the decode profile: `classes` (label, share), and
-    `message(class_idx, msg_no)`. Built once in the parent; the sender's worker processes
-    inherit it by fork (the 5 MB bodies are not rebuilt per phase)."""
+    """What bench/sender.py sends in the decode profile (`mix` DECODE_MIX) and the virus
+    profile (VIRUS_MIX): `classes` (label, share), `message(class_idx, msg_no)` and
+    `virus(class_idx)`. Built once in the parent; the sender's worker processes inherit it
+    by fork (the 5 MB bodies are not rebuilt per phase)."""
 
-    def __init__(self, corpus_files: list[Path], seed: int = 1):
-        self.mix = DECODE_MIX
+    def __init__(self, corpus_files: list[Path], seed: int = 1, mix: tuple[MsgClass, ...] = DECODE_MIX):
+        self.mix = mix
         self.classes = tuple((c.label, c.share) for c in self.mix)
         self.bodies: list[list[Body]] = []
         for c in self.mix:
@@ -413,6 +474,10 @@ class DecodeMix:
         for cls, bodies in zip(self.mix, self.bodies):
             for b in bodies:
                 assert b.body.endswith(b"\r\n") and b"\r\n." not in b.body, f"{cls.label}: body needs dot-stuffing"
+
+    def virus(self, class_idx: int) -> str | None:
+        """The signature clamd must find in every message of this class, or None."""
+        return self.mix[class_idx].virus
 
     def message(self, class_idx: int, msg_no: int) -> tuple[str, str, bytes]:
         """(mail_from, rcpt, data with CRLF line ends, dot-stuffed, no final dot)."""

@@ -39,11 +39,17 @@ phase with `phase_timeout_s` and kills worker processes that overrun.
 Failure: any reply other than the expected code, a timeout or a dropped connection is
 recorded for that message with its stage and reply; the caller decides (bench/run.py: any
 failed transaction fails the run).
+
+Other loads: `run_load(send, ...)` drives any per-message `send(class_idx, mail_from, rcpt,
+data) -> (start, end)` the same way (same plan, processes, threads, counter and records);
+bench/virus.py uses it to scan the same messages with clamd alone. A `send` reports a
+failure by raising TransactionFailed (SMTPFailure is one) or OSError.
 """
 
 from __future__ import annotations
 
 import base64
+import functools
 import multiprocessing as mp
 import os
 import queue as queue_mod
@@ -205,11 +211,17 @@ class SizeMix:
 # --- SMTP ---------------------------------------------------------------------------------
 
 
-class SMTPFailure(Exception):
+class TransactionFailed(Exception):
+    """One message's transaction (an SMTP session, a clamd scan) did not do what it should."""
+
     def __init__(self, stage: str, detail: str):
         super().__init__(f"{stage}: {detail}")
         self.stage = stage
         self.detail = detail
+
+
+class SMTPFailure(TransactionFailed):
+    pass
 
 
 def _expect(reader, code: bytes, stage: str) -> bytes:
@@ -280,8 +292,12 @@ class PhaseResult:
         return max(r.end for r in self.records) - self.t0
 
 
-def _worker(host, port, mix, order, first_msg_no, threads, io_timeout_s,
-            counter, start_evt, out_q):
+def _smtp_send(host: str, port: int, io_timeout_s: float, class_idx: int, mail_from: str, rcpt: str,
+               data: bytes) -> tuple[float, float]:
+    return transact(host, port, mail_from, rcpt, data, io_timeout_s)
+
+
+def _worker(send, mix, order, first_msg_no, threads, counter, start_evt, out_q):
     records: list[Record] = []
     lock = threading.Lock()
 
@@ -297,9 +313,9 @@ def _worker(host, port, mix, order, first_msg_no, threads, io_timeout_s,
             mail_from, rcpt, data = mix.message(cls, first_msg_no + i)
             t = time.monotonic()
             try:
-                start, end = transact(host, port, mail_from, rcpt, data, io_timeout_s)
+                start, end = send(cls, mail_from, rcpt, data)
                 mine.append(Record(i, cls, start, end))
-            except (SMTPFailure, OSError) as exc:
+            except (TransactionFailed, OSError) as exc:
                 mine.append(Record(i, cls, t, time.monotonic(), f"{type(exc).__name__}: {exc}"))
         with lock:
             records.extend(mine)
@@ -323,6 +339,15 @@ def run_phase(host: str, port: int, n: int, concurrency: int, *, mix, seed: int,
     """Send n messages of `mix` (its classes shuffled with `seed`) at `concurrency`; return
     every transaction's record. Message numbers start at first_msg_no (unique Message-IDs
     across phases). Raises TimeoutError (after killing its workers) past phase_timeout_s."""
+    return run_load(functools.partial(_smtp_send, host, port, io_timeout_s), n, concurrency, mix=mix,
+                    seed=seed, first_msg_no=first_msg_no, workers=workers, phase_timeout_s=phase_timeout_s)
+
+
+def run_load(send, n: int, concurrency: int, *, mix, seed: int, first_msg_no: int,
+             workers: int | None = None, phase_timeout_s: float = 1800.0) -> PhaseResult:
+    """run_phase with any `send(class_idx, mail_from, rcpt, data) -> (start, end)` per
+    message (see the module doc). The worker processes are forked: `send` and `mix` are
+    inherited, not pickled."""
     order = plan(n, seed, [share for _, share in mix.classes])
     workers = max(1, min(concurrency, workers or os.cpu_count() or 2))
     shares = [concurrency // workers + (1 if w < concurrency % workers else 0) for w in range(workers)]
@@ -331,8 +356,7 @@ def run_phase(host: str, port: int, n: int, concurrency: int, *, mix, seed: int,
     start_evt = ctx.Event()
     out_q = ctx.Queue()
     procs = [ctx.Process(target=_worker, daemon=True,
-                         args=(host, port, mix, order, first_msg_no, k, io_timeout_s,
-                               counter, start_evt, out_q))
+                         args=(send, mix, order, first_msg_no, k, counter, start_evt, out_q))
              for k in shares]
     deadline = time.monotonic() + phase_timeout_s
     try:

@@ -15,7 +15,8 @@ option names) over them: a unix socket and a TCP socket on a free loopback port,
 pid file and clamd's temp files (INSTREAM spools the stream there) all in DIR. No `User`:
 we run as root and clamd keeps its user when `User` is unset. clamd starts in about 0.1 s
 with this tiny database (it loads it before listening); readiness is a zPING answered
-PONG on both sockets, polled, never a sleep. stop() sends SIGTERM to our own clamd's PID
+PONG on both sockets, polled, never a sleep. clamd dies with the process that started
+it (PR_SET_PDEATHSIG), so a killed run leaves none behind. stop() sends SIGTERM to our own clamd's PID
 and waits for it to exit. Each instance is independent: several may run at once in one
 test session, each in its own directory.
 
@@ -33,7 +34,7 @@ import subprocess
 import tempfile
 import time
 
-from .net import DEFAULT_TIMEOUT_S, LOOPBACK, free_port, wait_until
+from .net import DEFAULT_TIMEOUT_S, LOOPBACK, die_with_parent, free_port, wait_until
 
 CLAMD = shutil.which("clamd", path="/usr/sbin:/usr/bin:/sbin:/bin") or "clamd"
 SIGTOOL = shutil.which("sigtool", path="/usr/bin:/usr/sbin:/bin") or "sigtool"
@@ -150,7 +151,8 @@ class ClamdProcess:
         with open(self.out_path, "ab") as out:
             self.proc = subprocess.Popen([CLAMD, "-c", self.conf, "--foreground"],
                                          stdout=out, stderr=subprocess.STDOUT,
-                                         stdin=subprocess.DEVNULL, cwd=self.workdir)
+                                         stdin=subprocess.DEVNULL, cwd=self.workdir,
+                                         preexec_fn=die_with_parent)
 
         def ready() -> bool:
             if self.proc.poll() is not None:

@@ -10,6 +10,8 @@ Failure shows as `TimeoutError` naming what was awaited and for how long.
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import signal
 import socket
 import time
 from typing import Callable, Iterator, TypeVar
@@ -88,3 +90,12 @@ def wait_for_port_closed(host: str, port: int, timeout: float = DEFAULT_TIMEOUT_
     wait_until(
         lambda: not port_is_open(host, port), timeout, what=f"{host}:{port} to stop listening"
     )
+
+
+PR_SET_PDEATHSIG = 1
+
+
+def die_with_parent() -> None:
+    """preexec_fn: SIGKILL this child when the process that started it dies, however it
+    dies (a killed test run or benchmark leaves no daemon behind)."""
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
