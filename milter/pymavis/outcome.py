@@ -50,6 +50,7 @@ class HeaderEdit:
     value: str
     op: str = "insert"   # "insert" at the top, "add" at the end, "change" (value "" deletes)
     index: int = 1       # for change: which occurrence, 1-based
+    from_message: bool = False  # the value carries the message's own text (kept as it is, UTF-8 too)
 
 
 @dataclass(frozen=True)
@@ -153,7 +154,7 @@ def apply(outcome: Outcome, ctx: MilterContext, *, leading_space: bool = False) 
         return outcome.action
     lead = " " if leading_space else ""
     for edit in outcome.headers:
-        value = sanitize.header_text(edit.value)
+        value = sanitize.header_text(edit.value, ascii_only=not edit.from_message)
         if edit.op == "insert":
             ctx.addheader(edit.name, lead + value, 0)
         elif edit.op == "add":

@@ -53,7 +53,7 @@ def pass_headers(config, policy, findings=(), decisions=(), scanned=False, subje
             if not d.blocked]
     tag = next((t for t in tags if t), None)
     if tag:
-        edits.append(HeaderEdit("Subject", tag + subject, "change") if subject is not None
+        edits.append(HeaderEdit("Subject", tag + subject, "change", from_message=True) if subject is not None
                      else HeaderEdit("Subject", tag.rstrip(), "add"))
     return tuple(edits)
 

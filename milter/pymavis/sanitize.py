@@ -19,9 +19,15 @@ def ascii_text(text: str) -> str:
     return str(text).encode("ascii", "backslashreplace").decode("ascii")
 
 
-def header_text(text: str, limit: int = 900) -> str:
-    """One line of printable ASCII text (tabs kept), at most `limit` characters."""
-    text = _CONTROL.sub(" ", ascii_text(str(text).replace("\r\n", " ")))
+def header_text(text: str, limit: int = 900, *, ascii_only: bool = True) -> str:
+    """One line of printable text (tabs kept), at most `limit` characters; ASCII unless
+    `ascii_only` is false (a value that came from the message, such as its Subject)."""
+    text = str(text).replace("\r\n", " ")
+    if ascii_only:
+        text = ascii_text(text)
+    else:  # bytes that were not UTF-8 (kept as surrogates) cannot go back to the MTA as text
+        text = text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+    text = _CONTROL.sub(" ", text)
     return text[:limit]
 
 

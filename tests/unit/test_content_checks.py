@@ -342,3 +342,26 @@ def test_decode_gate_bounds_walks_and_bytes():
         t.join(10)
     assert not any(t.is_alive() for t in threads)
     assert max(n for n, _ in peak) <= 2 and max(b for _, b in peak) <= 100
+
+
+def test_subject_tag_keeps_the_subjects_utf8():
+    from pymavis.outcome import Action as A, Outcome, apply
+    from pymavis.pipeline import pass_headers
+    from pymavis.categories import Ccat as C
+    from pymavis.decide import RcptDecision
+    from types import SimpleNamespace
+    policy = SimpleNamespace(x_header_line=None, alert_header_tag=None, subject_tag_by_ccat={"VIRUS": "***INFECTED*** "})
+    decision = RcptDecision("a@example.com", C.VIRUS, 0, None, "pass")
+    [edit] = pass_headers(None, policy, (), (decision,), False, "Caf\xe9 \u202e")
+    calls = []
+    ctx = SimpleNamespace(chgheader=lambda name, idx, value: calls.append((name, idx, value)),
+                          setreply=None, addheader=None, delrcpt=None, addrcpt=None, quarantine=None)
+    apply(Outcome(A.CONTINUE, headers=(edit,)), ctx)
+    assert calls == [("Subject", 1, "***INFECTED*** Caf\xe9 \u202e")]
+
+
+def test_message_text_with_non_utf8_bytes_is_made_encodable():
+    from pymavis.sanitize import header_text
+    raw_latin1 = b"Caf\xe9".decode("utf-8", "surrogateescape")   # as the adapter holds it
+    value = header_text("***INFECTED*** " + raw_latin1, ascii_only=False)
+    assert value == "***INFECTED*** Caf\ufffd" and value.encode("utf-8")
