@@ -14,8 +14,9 @@ PYTEST_ARGS ?=
 RUN_DEBS   := libmilter-dev libmagic1 libarchive13 gcc python3-dev python3-venv
 # Tests: a real Postfix in front (its smtp-sink/smtp-source too), miltertest, zip (encrypted
 # archives), clamav-testfiles (the clam.* containers the decoder must open), clamd and sigtool
-# (clamav-daemon, clamav: a real clamd with a signature database built at test time).
-TEST_DEBS  := postfix miltertest zip clamav-testfiles clamav-daemon clamav
+# (clamav-daemon, clamav: a real clamd with a signature database built at test time), spamd
+# (spamd, spamassassin: a real spamd with the rules Debian ships).
+TEST_DEBS  := postfix miltertest zip clamav-testfiles clamav-daemon clamav spamd spamassassin
 
 export DEBIAN_FRONTEND := noninteractive
 
