@@ -2,6 +2,7 @@
 be made to do on demand): verdicts, heuristics, backups, the failure policy, headers."""
 
 import base64
+import os
 import textwrap
 
 import pytest
@@ -202,3 +203,19 @@ def test_scanner_config_errors(tmp_path, entry, words):
     assert error.startswith(f"{path}:3: "), error
     for word in words:
         assert word in error, error
+
+
+def test_fildes_passes_the_descriptor_of_a_spool_on_disk(tmp_path, clamd):
+    # over spool_memory_bytes (100 KiB here) the spool is a file: clamd reads it by descriptor
+    raw = message(zip_bytes(("filler.bin", os.urandom(300_000)), ("clam.exe", CLAM_EXE)), "big.zip")
+    txn = txn_of(raw, tmp_dir=str(tmp_path))
+    try:
+        assert txn.spool.on_disk
+        from pymavis.checks.virus import Scanner, _scan_one
+        from pymavis.clamd import ClamdClient
+        scanner = Scanner("clamd", ClamdClient(clamd.socket_spec("unix")), "fildes", 0)
+        assert _scan_one(scanner, txn.spool).infected == (reported(CLAM_EXE_SIGNATURE),)
+    finally:
+        txn.spool.close()
+    result = run(tmp_path, raw, scanners(clamd_entry(clamd)) + "policy: {final_virus_destiny: reject}\n")
+    assert str(result.outcome.reply).endswith(f"INFECTED: {reported(CLAM_EXE_SIGNATURE)}")

@@ -4,7 +4,9 @@
 Scanners (`av_scanners`, `av_scanners_backup`, config/schema.py) are clamd daemons reached
 by our own client (pymavis/clamd.py). Each primary scans the whole message (as the MTA
 gave it to us, from the spool): method `fildes` passes the spool file's descriptor over a
-unix socket (no copy), `instream` streams it (TCP or unix). All primaries run in order,
+unix socket (no copy) when the spool is a file, and streams a message still held in memory
+(writing it to disk only to pass a descriptor would cost more); `instream` always streams
+(TCP or unix). All primaries run in order,
 unless `first_infected_stops_scan`; the backups run, in order, only when every primary
 failed, until one answers.
 
@@ -62,7 +64,7 @@ class _OverLimit(Exception):
 def _scan_one(scanner: Scanner, spool) -> clamd.ScanReply:
     if scanner.max_size and spool.stored > scanner.max_size:
         raise _OverLimit(f"message {spool.stored} bytes > max_size {scanner.max_size}")
-    if scanner.method == "fildes":
+    if scanner.method == "fildes" and spool.on_disk:
         return scanner.client.fildes(spool.fileno())
     return scanner.client.instream(spool.reader())
 
