@@ -219,3 +219,17 @@ def test_fildes_passes_the_descriptor_of_a_spool_on_disk(tmp_path, clamd):
         txn.spool.close()
     result = run(tmp_path, raw, scanners(clamd_entry(clamd)) + "policy: {final_virus_destiny: reject}\n")
     assert str(result.outcome.reply).endswith(f"INFECTED: {reported(CLAM_EXE_SIGNATURE)}")
+
+
+def test_pymavis_scan_reports_the_virus(tmp_path, clamd, capsys):
+    import json
+    from pymavis import cli
+    config = tmp_path / "pymavis.yaml"
+    config.write_text(f"state_dir: {tmp_path}\nmydomain: example.com\n" + scanners(clamd_entry(clamd)))
+    eml = tmp_path / "eicar.eml"
+    eml.write_bytes(message(body=EICAR.decode() + "\r\n"))
+    assert cli.main(["scan", "--json", "-c", str(config), str(eml)]) == 1
+    [obj] = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert obj["content_type"] == "Virus"
+    [finding] = [f for f in obj["findings"] if f["check"] == "virus"]
+    assert finding["detail"] == reported(EICAR_SIGNATURE)
