@@ -7,7 +7,7 @@ a size-limit overrun surfaces as a raw BrokenPipeError; see DEPENDENCIES.md).
     reply = client.scan(spool)      # FILDES on a unix socket, INSTREAM over TCP
     reply.infected                  # ("Win.Test.EICAR_HDB-1",) or () when clean
 
-Socket specs, as the milter's own `--socket`: `unix:/path` (also `local:/path`),
+Socket specs (netclient.py), as the milter's own `--socket`: `unix:/path` (also `local:/path`),
 `inet:HOST:PORT` (Postfix style; an IPv6 HOST in brackets, `inet:[::1]:3310`) and
 `inet:PORT@HOST` (libmilter style). A bad spec is a ValueError at construction time.
 
@@ -85,6 +85,9 @@ import time
 from dataclasses import dataclass
 from typing import BinaryIO, Union
 
+from pymavis import netclient
+from pymavis.netclient import SocketSpec
+
 CHUNK_BYTES = 64 * 1024
 MAX_REPLY_BYTES = 64 * 1024
 DEFAULT_CONNECT_TIMEOUT_S = 3.0   # a local clamd accepts at once; 3 s rides out one lost SYN
@@ -154,41 +157,9 @@ class ScanReply:
         return tuple(name for name in self.infected if is_heuristic_unchecked(name))
 
 
-@dataclass(frozen=True)
-class SocketSpec:
-    """Where clamd listens: a unix socket path, or a TCP host and port."""
-
-    path: str | None = None
-    host: str | None = None
-    port: int | None = None
-
-    @property
-    def is_unix(self) -> bool:
-        return self.path is not None
-
-    def __str__(self) -> str:
-        if self.path is not None:
-            return f"unix:{self.path}"
-        host = f"[{self.host}]" if self.host and ":" in self.host else self.host
-        return f"inet:{host}:{self.port}"
-
-
-_INET = re.compile(r"\[(?P<v6>[^\]]+)\]:(?P<port6>\d+)|(?P<host>[^:@\[\]]+):(?P<port>\d+)"
-                   r"|(?P<lport>\d+)@\[?(?P<lhost>[^\]]+)\]?")
-
-
 def parse_socket_spec(spec: str) -> SocketSpec:
-    """'unix:/path', 'local:/path', 'inet:HOST:PORT', 'inet:[V6]:PORT' or 'inet:PORT@HOST'."""
-    kind, sep, rest = spec.partition(":")
-    if sep and kind in ("unix", "local") and rest.startswith("/"):
-        return SocketSpec(path=rest)
-    if sep and kind in ("inet", "inet6") and (m := _INET.fullmatch(rest)):
-        host = m["v6"] or m["host"] or m["lhost"]
-        port = int(m["port6"] or m["port"] or m["lport"])
-        if 0 < port < 65536:
-            return SocketSpec(host=host, port=port)
-    raise ValueError(f"clamd socket {spec!r}: expected unix:/path, inet:HOST:PORT "
-                     "or inet:PORT@HOST")
+    """netclient.parse_socket_spec, naming clamd in its error."""
+    return netclient.parse_socket_spec(spec, "clamd socket")
 
 
 def parse_reply(raw: bytes, spec: str = "?") -> ScanReply:
@@ -371,28 +342,11 @@ class _Exchange:
         self.sent = 0
 
     def __enter__(self) -> "_Exchange":
-        address = self.client.address
         try:
-            if address.is_unix:
-                sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-                try:
-                    sock.settimeout(self.client.connect_timeout)
-                    sock.connect(address.path)
-                except BaseException:
-                    sock.close()
-                    raise
-            else:
-                sock = socket.create_connection((address.host, address.port),
-                                                timeout=self.client.connect_timeout)
-                # Without it the 4-byte terminator after a chunk's tail waits for a delayed ACK.
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        except TimeoutError as exc:
-            raise ClamdUnavailable(f"no connection within {self.client.connect_timeout:g} s",
-                                   self.spec) from exc
-        except OSError as exc:
-            raise ClamdUnavailable(f"cannot connect: {_oserror(exc)} (is clamd running "
-                                   "and listening there?)", self.spec) from exc
-        self.sock = sock
+            # TCP_NODELAY: else the 4-byte terminator after a chunk's tail waits for a delayed ACK
+            self.sock = netclient.connect(self.client.address, self.client.connect_timeout, nodelay=True)
+        except netclient.ConnectFailed as exc:
+            raise ClamdUnavailable(f"{exc} (is clamd running and listening there?)", self.spec) from exc
         self.deadline = time.monotonic() + self.client.timeout
         return self
 

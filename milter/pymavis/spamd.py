@@ -7,7 +7,7 @@ spamd fails, `spamc` is Python 2, aiospamc is async-only).
     reply = client.symbols(message)     # SpamReply(score=1005.2, required=5.0, is_spam=True,
     reply.tests                         #   tests=("GTUBE", "MISSING_DATE", ...))
 
-Socket specs are clamd.py's (parse_socket_spec): `unix:/path`, `inet:HOST:PORT`,
+Socket specs are netclient.py's (parse_socket_spec): `unix:/path`, `inet:HOST:PORT`,
 `inet:PORT@HOST`. A bad spec is a ValueError at construction time.
 
 Which command, measured against spamd 4.0.1 (every one returns "Spam: True ; 1005.2 / 5.0",
@@ -60,7 +60,7 @@ import time
 import zlib
 from dataclasses import dataclass
 
-from pymavis.clamd import parse_socket_spec
+from pymavis import netclient
 
 MAX_REPLY_BYTES = 1024 * 1024
 DEFAULT_CONNECT_TIMEOUT_S = 3.0   # a local spamd accepts at once; 3 s rides out one lost SYN
@@ -129,7 +129,7 @@ class SpamdClient:
     def __init__(self, spec: str, *, user: str | None = None, compress: bool = False,
                  connect_timeout: float = DEFAULT_CONNECT_TIMEOUT_S,
                  timeout: float = DEFAULT_TIMEOUT_S):
-        self.address = parse_socket_spec(spec)
+        self.address = netclient.parse_socket_spec(spec, "spamd socket")
         self.spec = str(self.address)
         if user is not None and not re.fullmatch(r"[^\s:]+", user):
             raise ValueError(f"spamd user {user!r}: no spaces or colons")
@@ -225,25 +225,10 @@ class SpamdClient:
         return status[3].decode("utf-8", "replace"), headers, body
 
     def _send_and_read(self, request: bytes) -> bytes:
-        address = self.address
         try:
-            if address.is_unix:
-                sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-                sock.settimeout(self.connect_timeout)
-                try:
-                    sock.connect(address.path)
-                except BaseException:
-                    sock.close()
-                    raise
-            else:
-                sock = socket.create_connection((address.host, address.port),
-                                                timeout=self.connect_timeout)
-        except TimeoutError as exc:
-            raise SpamdUnavailable(f"no connection within {self.connect_timeout:g} s",
-                                   self.spec) from exc
-        except OSError as exc:
-            raise SpamdUnavailable(f"cannot connect: {exc.strerror or exc!r} (is spamd "
-                                   "running and listening there?)", self.spec) from exc
+            sock = netclient.connect(self.address, self.connect_timeout)
+        except netclient.ConnectFailed as exc:
+            raise SpamdUnavailable(f"{exc} (is spamd running and listening there?)", self.spec) from exc
         deadline = time.monotonic() + self.timeout
         reply = b""
         with sock:
