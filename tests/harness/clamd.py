@@ -28,13 +28,12 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import tempfile
 import time
 
-from .net import DEFAULT_TIMEOUT_S, LOOPBACK, die_with_parent, free_port, wait_until
+from .net import DEFAULT_TIMEOUT_S, LOOPBACK, die_with_parent, free_port, terminate, wait_until
 
 CLAMD = shutil.which("clamd", path="/usr/sbin:/usr/bin:/sbin:/bin") or "clamd"
 SIGTOOL = shutil.which("sigtool", path="/usr/bin:/usr/sbin:/bin") or "sigtool"
@@ -174,16 +173,7 @@ class ClamdProcess:
         try:
             if proc is None:
                 return None
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-                try:
-                    proc.wait(timeout)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait(10)
-                    raise AssertionError(f"clamd did not exit {timeout} s after SIGTERM:\n"
-                                         f"{self.log_text()}")
-            return proc.returncode
+            return terminate(proc, timeout, "clamd", self.log_text)
         finally:
             if self._socket_dir is not None:
                 shutil.rmtree(self._socket_dir, ignore_errors=True)

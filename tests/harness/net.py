@@ -99,3 +99,18 @@ def die_with_parent() -> None:
     """preexec_fn: SIGKILL this child when the process that started it dies, however it
     dies (a killed test run or benchmark leaves no daemon behind)."""
     ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
+def terminate(proc, timeout: float, what: str, log_text) -> int:
+    """SIGTERM our child `proc` and wait for it; its exit status. One that does not exit
+    within `timeout` is killed and the test fails, showing `log_text()`."""
+    import subprocess
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(10)
+            raise AssertionError(f"{what} did not exit {timeout} s after SIGTERM:\n{log_text()}") from None
+    return proc.returncode

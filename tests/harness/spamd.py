@@ -41,14 +41,13 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import sys
 import tempfile
 import time
 
-from .net import LOOPBACK, die_with_parent, free_port, wait_until
+from .net import LOOPBACK, die_with_parent, free_port, terminate, wait_until
 
 SPAMD = shutil.which("spamd", path="/usr/sbin:/usr/bin:/sbin:/bin") or "spamd"
 SAMPLES = "/usr/share/doc/spamassassin/examples"
@@ -162,16 +161,7 @@ class SpamdProcess:
         try:
             if proc is None:
                 return None
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-                try:
-                    proc.wait(timeout)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait(10)
-                    raise AssertionError(f"spamd did not exit {timeout} s after SIGTERM:\n"
-                                         f"{self.log_text()}")
-            return proc.returncode
+            return terminate(proc, timeout, "spamd", self.log_text)
         finally:
             if self.shared_dir:
                 shutil.rmtree(self.shared_dir, ignore_errors=True)
