@@ -185,6 +185,9 @@ def scan_bytes(config, policy, file: str, data: bytes, sender: str, rcpts: list[
         if result.outcome.lookup_error:
             raise FileError(f"lookup failed: {result.outcome.lookup_error}; the milter would answer "
                             f"{result.outcome.reply}")
+        if not result.outcome.decisions:   # a check could not run at all (every virus scanner failed)
+            why = next((r.tempfail for r in result.checks if r.tempfail), "no decision")
+            raise FileError(f"{why}; the milter would answer {result.outcome.reply}")
         if result.scan is not None and result.scan.decoded:
             try:
                 result.scan.walk   # cached by now; only a spool read error can show here

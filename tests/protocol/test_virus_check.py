@@ -233,3 +233,16 @@ def test_pymavis_scan_reports_the_virus(tmp_path, clamd, capsys):
     assert obj["content_type"] == "Virus"
     [finding] = [f for f in obj["findings"] if f["check"] == "virus"]
     assert finding["detail"] == reported(EICAR_SIGNATURE)
+
+
+def test_pymavis_scan_never_calls_a_failed_scan_clean(tmp_path, capsys):
+    from pymavis import cli
+    with FakeScanner("garbage") as fake:
+        config = tmp_path / "pymavis.yaml"
+        config.write_text(f"state_dir: {tmp_path}\n"
+                          + scanners(f'{{name: fake, socket: "inet:127.0.0.1:{fake.port}", timeout_s: 0.5}}'))
+        eml = tmp_path / "m.eml"
+        eml.write_bytes(message())
+        assert cli.main(["scan", "-c", str(config), str(eml)]) == 2
+    err = capsys.readouterr().err
+    assert "all virus scanners failed" in err and "451 4.3.0" in err
