@@ -33,9 +33,6 @@ def check(scan) -> CheckResult:
     findings = []
     for names, rcpts in groups.items():
         result = banned.evaluate(parts, [scan.rule_sets[name] for name in names])
-        if result is not None:
-            finding = banned.to_finding(result)
-            if len(groups) > 1:
-                finding = banned.to_finding(result, frozenset(rcpts))
-            findings.append(finding)
+        if result is not None:  # one finding for everyone when everyone shares the list
+            findings.append(banned.to_finding(result, frozenset(rcpts) if len(groups) > 1 else None))
     return CheckResult("banned", tuple(findings), elapsed_ms=(time.monotonic() - started) * 1000)

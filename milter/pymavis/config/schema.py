@@ -234,6 +234,9 @@ _SCANNER_KEYS = {"name": Str(nonempty=True), "socket": Str(nonempty=True),
 SCANNER_DEFAULTS = {"method": None, "connect_timeout_s": 5.0, "timeout_s": 60.0, "max_size": 0}
 
 
+_SCANNER_SECTION = Section(_SCANNER_KEYS, SCANNER_DEFAULTS)
+
+
 class ScannerList(Type):
     """[{name, socket, method, connect_timeout_s, timeout_s, max_size}, ...] -> virus.Scanner.
     `method` defaults to fildes on a unix socket, instream over TCP; fildes over TCP is an
@@ -250,9 +253,8 @@ class ScannerList(Type):
         for i, item in enumerate(value):
             if not isinstance(item, dict):
                 raise SettingError(f"expected a mapping {{name, socket, ...}}, got {item!r}", (i,))
-            section = Section(_SCANNER_KEYS, SCANNER_DEFAULTS)
             try:
-                fields = section.convert(item, ctx)
+                fields = _SCANNER_SECTION.convert(item, ctx)
             except SettingError as exc:
                 raise SettingError(str(exc), (i,) + exc.path) from None
             for key in ("name", "socket"):

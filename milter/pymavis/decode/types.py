@@ -180,8 +180,8 @@ def _magic() -> Iterator[magic.Magic]:
 
 def short_type(description: str, type_map: TypeMap = DEFAULT_TYPE_MAP) -> str | None:
     """The short type of a libmagic description: first matching pattern, else None."""
-    if type_map is DEFAULT_TYPE_MAP:
-        return _default_short_type(description)
+    if isinstance(type_map, tuple):  # the shipped table, or the configuration's file_type_map
+        return _cached_short_type(description, type_map)
     return _first_match(description, type_map)
 
 
@@ -192,10 +192,10 @@ def _first_match(description: str, type_map: TypeMap) -> str | None:
     return None
 
 
-# Descriptions repeat (every HTML part says the same): remember the default table's answers.
+# Descriptions repeat (every HTML part says the same): remember each table's answers.
 @functools.lru_cache(maxsize=4096)
-def _default_short_type(description: str) -> str | None:
-    return _first_match(description, DEFAULT_TYPE_MAP)
+def _cached_short_type(description: str, type_map: tuple) -> str | None:
+    return _first_match(description, type_map)
 
 
 def detect(
