@@ -38,8 +38,11 @@ BYPASS_SETTING = {
     Ccat.SPAMMY: "bypass_spam_checks",
     Ccat.BADH: "bypass_header_checks",
 }
+SPAM_RCPT_SETTINGS = ("spam_tag_level", "spam_tag2_level", "spam_tag3_level", "spam_kill_level",
+                      "spam_dsn_cutoff_level", "spam_quarantine_cutoff_level",
+                      "spam_subject_tag", "spam_subject_tag2", "spam_subject_tag3", "addr_extension_spam")
 PER_RCPT_SETTINGS = tuple(sorted(set(LOVERS_SETTING.values()) | set(BYPASS_SETTING.values())
-                                 | {"message_size_limit", "banned_filename_maps"}))
+                                 | {"message_size_limit", "banned_filename_maps"} | set(SPAM_RCPT_SETTINGS)))
 
 
 @dataclass(frozen=True)
@@ -50,8 +53,11 @@ class RcptSettings:
     is_local: bool
     values: tuple  # sorted (name, value) pairs of PER_RCPT_SETTINGS
 
+    def __post_init__(self):
+        object.__setattr__(self, "_map", dict(self.values))
+
     def get(self, name):
-        return dict(self.values)[name]
+        return self._map[name]
 
 
 def resolve_rcpt(policy, rcpt: str) -> RcptSettings:

@@ -328,6 +328,8 @@ class LookupChain:
                        is_local: bool) -> Hit | None:
         if not self.tables:
             return None
+        if isinstance(self.tables[0], ConstantTable):   # no keys needed (most settings)
+            return self.tables[0].lookup_address(address, [])
         keys = address_keys(address, delimiter=delimiter, is_local=is_local)
         for table in self.tables:
             hit = table.lookup_address(address, keys)

@@ -3,10 +3,12 @@ resolve per-recipient settings, run the checks in order, decide per recipient, c
 into one Outcome. Pure apart from the checks' own I/O; the adapter applies the result.
 
 A check that could not do its work becomes UNCHECKED (minor 0, its reason) for every
-recipient: never clean. Mail passed to recipients despite findings carries one
-`alert_header_tag` header per finding that applies to a passed recipient (amavis's
-X-Amavis-Alert). Headers are per message in milter, so a finding for some passed
-recipients is shown to all passed recipients (per-recipient header groups come later).
+recipient: never clean. The header edits of passed mail are per recipient (edits.py);
+recipients whose edits differ from the largest group's are re-submitted with their own
+(resubmit.py) before the answer is given, when `resubmit.socket` names a listener; else
+the largest group's edits apply to all and the log says RECIPIENTS REQUIRE DIFFERENT
+HEADERS. A re-submission that fails before anything was sent answers TEMPFAIL; after one
+group was sent, the groups left stay in this transaction (never lost, never sent twice).
 
 Test hooks (environment, tests only): with PYMAVIS_FAULT_INJECT=MARKER a message whose
 Subject contains MARKER raises here, to prove that an internal error answers TEMPFAIL and
@@ -16,16 +18,19 @@ long, to test shutdown with work in flight.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 from dataclasses import dataclass, field
 
 from . import checks as checks_mod
+from . import edits, resubmit
 from .categories import Ccat, Finding
+from .checks import spam as spam_mod
 from .decide import RcptDecision, decide, resolve_rcpt
 from .log import log
 from .lookups import LookupFailed
-from .outcome import Action, HeaderEdit, Outcome, Reply, collapse
+from .outcome import Action, Outcome, Reply, collapse
 
 
 @dataclass(frozen=True)
@@ -37,36 +42,6 @@ class Result:
     scan: checks_mod.Scan | None = field(default=None, compare=False, repr=False)  # None when no check ran
 
 
-def pass_headers(config, policy, findings=(), decisions=(), scanned=False, subject=None) -> tuple[HeaderEdit, ...]:
-    """Headers for passed mail: X-Virus-Scanned when a virus scanner answered, one alert
-    per finding that concerns a passed recipient, the Subject tag of a passed recipient's
-    main category (the highest tag wins)."""
-    edits = []
-    if scanned and policy.x_header_line:
-        value = policy.x_header_line.replace("{mydomain}", config.mydomain).replace("{myhostname}", config.myhostname)
-        edits.append(HeaderEdit(policy.x_header_tag, value, "insert"))
-    if policy.alert_header_tag:
-        passed = [d.rcpt for d in decisions if not d.blocked]
-        edits.extend(HeaderEdit(policy.alert_header_tag, alert_text(f), "insert")
-                     for f in findings if any(f.applies_to(r) for r in passed))
-    tags = [policy.subject_tag_by_ccat.get(d.main.name) for d in sorted(decisions, key=lambda d: -d.main)
-            if not d.blocked]
-    tag = next((t for t in tags if t), None)
-    if tag:
-        edits.append(HeaderEdit("Subject", tag + subject, "change", from_message=True) if subject is not None
-                     else HeaderEdit("Subject", tag.rstrip(), "add"))
-    return tuple(edits)
-
-
-_ALERT_PREFIX = {Ccat.VIRUS: "INFECTED, message contains virus: ", Ccat.BANNED: "BANNED, message contains ",
-                 Ccat.UNCHECKED: "UNCHECKED, ", Ccat.OVERSIZED: "OVERSIZED, "}
-
-
-def alert_text(finding: Finding) -> str:
-    """amavis's X-Amavis-Alert wording ('BAD HEADER SECTION, ...' is already in the detail)."""
-    return _ALERT_PREFIX.get(finding.ccat, "") + finding.detail
-
-
 def scan_for(config, policy, txn, rcpt_settings) -> checks_mod.Scan:
     """The checks' view of one message, with the configuration's decoding settings."""
     if config is None:
@@ -75,6 +50,10 @@ def scan_for(config, policy, txn, rcpt_settings) -> checks_mod.Scan:
                            rule_sets=config["banned_rules"],
                            scanners=(config["av_scanners"], config["av_scanners_backup"]),
                            first_infected_stops_scan=config["first_infected_stops_scan"],
+                           spam_scanners=config["spam_scanners"],
+                           spam_cache=spam_mod.verdict_cache(config["spam_cache"]["ttl_s"],
+                                                             config["spam_cache"]["max_entries"]),
+                           myhostname=config.myhostname,
                            gate=checks_mod.decode_gate(config["milter"]["decode_workers"],
                                                       config["milter"]["decode_memory_bytes"]))
 
@@ -108,20 +87,97 @@ def process(config, policy, txn, checks=None) -> Result:
     timings.append(("lookups", (time.monotonic() - t0) * 1000))
     results = []
     scan = scan_for(config, policy, txn, rcpt_settings)
-    for check in (checks if checks is not None else checks_mod.CHECKS):
-        t1 = time.monotonic()
-        result = check(scan)
-        results.append(result)
-        timings.append((result.name, (time.monotonic() - t1) * 1000))
-    findings = tuple(f for r in results for f in (*r.findings, *([unchecked(r)] if r.could_not_check else [])))
+    checks = checks if checks is not None else checks_mod.CHECKS
+    if spam_mod.check in checks:
+        spam_mod.start(scan)   # spamd works while decoding and clamd do
+    try:
+        for check in checks:
+            t1 = time.monotonic()
+            result = check(scan)
+            results.append(result)
+            scan.found.extend(result.findings)
+            if result.could_not_check:
+                scan.found.append(unchecked(result))
+            timings.append((result.name, (time.monotonic() - t1) * 1000))
+    except LookupFailed as exc:
+        reply = Reply("451", "4.3.0", f"Temporary lookup failure, id={txn.mail_id}")
+        return Result(Outcome(Action.TEMPFAIL, reply, lookup_error=str(exc)), (), tuple(results), tuple(timings), scan)
+    findings = tuple(scan.found)
     tempfail = next((r.tempfail for r in results if r.tempfail), None)
     if tempfail:
         reply = Reply("451", "4.3.0", f"Temporary content check failure, try again later, id={txn.mail_id}")
         return Result(Outcome(Action.TEMPFAIL, reply), findings, tuple(results), tuple(timings), scan)
     t2 = time.monotonic()
     decisions: tuple[RcptDecision, ...] = tuple(decide(policy, rs, findings) for rs in rcpt_settings)
-    scanned = any(r.scanned_by for r in results)
-    headers = pass_headers(config, policy, findings, decisions, scanned, txn.header("Subject"))
-    outcome = collapse(policy, decisions, txn.mail_id, headers)
+    outcome = collapse(policy, decisions, txn.mail_id)
+    if outcome.action is Action.CONTINUE:
+        spam_view = next((r.spam for r in results if r.spam is not None), None)
+        scanned = any(r.scanned_by for r in results)
+        outcome = _pass_edits(config, policy, txn, outcome, findings, scanned, spam_view)
     timings.append(("decide", (time.monotonic() - t2) * 1000))
     return Result(outcome, findings, tuple(results), tuple(timings), scan)
+
+
+def _pass_edits(config, policy, txn, outcome: Outcome, findings, scanned: bool, spam_view) -> Outcome:
+    """The passed recipients' header and address edits, grouped into this transaction's
+    and the re-submitted ones (module doc)."""
+    subject = txn.header("Subject")
+    passed = [d for d in outcome.decisions if not d.blocked]
+    per_rcpt = {d.rcpt: edits.for_rcpt(config, policy, d, findings, scanned, subject, spam_view) for d in passed}
+    extension = {}
+    notify = outcome.notify_sender
+    if spam_view is not None:
+        for d in passed:
+            j = spam_view.judgement(d.rcpt)
+            new = edits.extended(policy, d.rcpt, j.extension) if j is not None else None
+            if new:
+                extension[d.rcpt] = new
+        # no sender notice for spam above the recipient's spam_dsn_cutoff_level
+        notify = tuple(r for r in notify if not ((j := spam_view.judgement(r)) and j.ccat is Ccat.SPAM
+                                                  and j.over(j.levels.dsn_cutoff)))
+    common = edits.removals(txn, spam_view)
+    groups = edits.groups(per_rcpt)
+    kept, resubmitted = (groups[0] if groups else edits.Group((), ())), []
+    if len(groups) > 1:
+        resubmitted, left = _resubmit(config, txn, common, groups[1:], extension)
+        if resubmitted is None:
+            reply = Reply("451", "4.3.0", f"Temporary failure re-submitting for other recipients, id={txn.mail_id}")
+            return Outcome(Action.TEMPFAIL, reply, decisions=outcome.decisions)
+        if left:
+            log.warning("mail_id %s: RECIPIENTS REQUIRE DIFFERENT HEADERS; %s get the edits of %s", txn.mail_id,
+                        ", ".join(f"<{r}>" for g in left for r in g.rcpts), ", ".join(f"<{r}>" for r in kept.rcpts))
+    gone = {r for g in resubmitted for r in g.rcpts}
+    stay_extended = {old: new for old, new in extension.items() if old not in gone}
+    return Outcome(
+        Action.CONTINUE,
+        headers=common + kept.headers,
+        del_rcpts=outcome.del_rcpts + tuple(r for g in resubmitted for r in g.rcpts) + tuple(stay_extended),
+        add_rcpts=tuple(stay_extended.values()),
+        notify_sender=notify,
+        decisions=outcome.decisions,
+    )
+
+
+def _resubmit(config, txn, common, groups, extension):
+    """(groups sent, groups left in this transaction); (None, ...) when the first failed."""
+    settings = config["resubmit"]
+    if not settings["socket"] or getattr(txn.spool, "truncated", False):
+        return [], groups
+    raw = txn.spool.read()
+    rcpt_by_addr = {r.addr: r for r in txn.rcpts}
+    sent = []
+    for i, group in enumerate(groups):
+        rcpts = [dataclasses.replace(rcpt_by_addr[a], addr=extension.get(a, a)) for a in group.rcpts]
+        data = resubmit.message_bytes(raw, common + group.headers)
+        try:
+            reply = resubmit.send(settings, config.myhostname, txn, rcpts, data)
+        except resubmit.ResubmitFailed as exc:
+            log.error("mail_id %s: re-submission for %s failed: %s", txn.mail_id,
+                      ", ".join(f"<{r.addr}>" for r in rcpts), exc)
+            if not sent:
+                return None, groups
+            return sent, groups[i:]
+        log.info("mail_id %s: re-submitted for %s with their own header edits: %s", txn.mail_id,
+                 ", ".join(f"<{r.addr}>" for r in rcpts), reply)
+        sent.append(group)
+    return sent, []

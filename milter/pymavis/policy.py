@@ -69,7 +69,11 @@ class Policy:
 
 
 # When no table of a per-recipient lookup answers: bypass/lovers False, these otherwise.
-_FALLBACK = {"message_size_limit": 0, "banned_filename_maps": ("DEFAULT",)}
+_FALLBACK = {"message_size_limit": 0, "banned_filename_maps": ("DEFAULT",), "score_sender": 0.0,
+             **{name: None for name in ("spam_tag_level", "spam_tag2_level", "spam_tag3_level", "spam_kill_level",
+                                        "spam_dsn_cutoff_level", "spam_quarantine_cutoff_level", "spam_subject_tag",
+                                        "spam_subject_tag2", "spam_subject_tag3", "addr_extension_spam",
+                                        "virus_admin")}}
 
 
 def merge(config: Config, bank_path: tuple) -> Policy:

@@ -80,7 +80,8 @@ def test_bank_file_errors_name_the_bank_file(confdir):
     write(confdir, "banks/submission.yaml", "SUBMISSION:\n  originating: true\n  spam_kil_level: 5\n")
     errs = errors_of(write(confdir, "p.yaml", "interface_policy:\n  10587: SUBMISSION\n"))
     assert len(errs) == 1
-    assert errs[0].endswith("banks/submission.yaml:3: unknown key 'spam_kil_level' in bank 'SUBMISSION'")
+    assert errs[0].endswith("banks/submission.yaml:3: unknown key 'spam_kil_level' in bank 'SUBMISSION' "
+                           "(did you mean 'spam_kill_level'?)")
 
 
 def test_bank_defined_twice(confdir):

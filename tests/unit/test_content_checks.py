@@ -346,13 +346,13 @@ def test_decode_gate_bounds_walks_and_bytes():
 
 def test_subject_tag_keeps_the_subjects_utf8():
     from pymavis.outcome import Action as A, Outcome, apply
-    from pymavis.pipeline import pass_headers
+    from pymavis.edits import for_rcpt
     from pymavis.categories import Ccat as C
     from pymavis.decide import RcptDecision
     from types import SimpleNamespace
     policy = SimpleNamespace(x_header_line=None, alert_header_tag=None, subject_tag_by_ccat={"VIRUS": "***INFECTED*** "})
     decision = RcptDecision("a@example.com", C.VIRUS, 0, None, "pass")
-    [edit] = pass_headers(None, policy, (), (decision,), False, "Caf\xe9 \u202e")
+    [edit] = for_rcpt(None, policy, decision, (), False, "Caf\xe9 \u202e", None)
     calls = []
     ctx = SimpleNamespace(chgheader=lambda name, idx, value: calls.append((name, idx, value)),
                           setreply=None, addheader=None, delrcpt=None, addrcpt=None, quarantine=None)

@@ -10,7 +10,9 @@ turns that into UNCHECKED for every recipient, never into clean.
 
 The order in which checks run is stated here, in CHECKS, and nowhere else: size, then the
 header section, then decoding (its problems are UNCHECKED), then virus scanners, then
-banned content, as in amavisd-new (spam, later, after banned).
+banned content, then spam, as in amavisd-new. The spamd call may begin early (the
+pipeline calls checks.spam.start) so that clamd and spamd scan one message at once; its
+result is taken in its place in the order.
 
 A check may also say `tempfail` (all virus scanners failed and that is fatal): the whole
 message is answered TEMPFAIL, whatever the other checks found.
@@ -35,6 +37,7 @@ class CheckResult:
     elapsed_ms: float = 0.0
     scanned_by: tuple[str, ...] = ()     # virus scanners that answered (X-Virus-Scanned)
     tempfail: str | None = None          # why the whole message must be tried again later
+    spam: object | None = None           # checks.spam.SpamView: the verdict and each recipient's judgement
 
 
 @dataclass
@@ -50,6 +53,11 @@ class Scan:
     gate: DecodeGate | None = None  # bounds the walks running at once
     scanners: tuple = ((), ())      # (primaries, backups): checks.virus.Scanner
     first_infected_stops_scan: bool = False
+    spam_scanners: tuple = ()       # checks.spam.SpamScanner, tried in order
+    spam_cache: object | None = None  # checks.spam.VerdictCache
+    myhostname: str = "localhost"
+    spam_pending: object | None = None
+    found: list = field(default_factory=list)  # findings of the checks that ran so far
     decoded: bool = field(default=False, init=False)
     _walk: Walk | None = field(default=None, init=False, repr=False)
 
@@ -117,8 +125,8 @@ def decode_gate(walks: int, budget: int) -> DecodeGate:
 
 
 def _registry():
-    from . import banned, content, headers, size, virus
-    return (size.check, headers.check, content.check, virus.check, banned.check)
+    from . import banned, content, headers, size, spam, virus
+    return (size.check, headers.check, content.check, virus.check, banned.check, spam.check)
 
 
 CHECKS = _registry()

@@ -22,8 +22,8 @@ from pymavis.checks.headers import MINOR_OF_TEST
 from pymavis.decode import DEFAULT_TYPE_MAP, Limits
 from pymavis.spec import suggest
 
-from .types import (Bool, BoolLookup, Enum, Float, Int, IpLookup, Lookup, RuleSetsLookup, SettingError, SizeLookup,
-                    Str, StrMap, Type, _type_name)
+from .types import (Bool, BoolLookup, Enum, Float, FloatLookup, Int, IpLookup, Lookup, RuleSetsLookup, SettingError,
+                    SizeLookup, Str, StrLookup, StrMap, Type, _type_name)
 
 DESTINIES = ("pass", "discard", "bounce", "reject", "tempfail")
 CATEGORIES = ("CLEAN", "MTA", "OVERSIZED", "BADH", "SPAMMY", "SPAM", "UNCHECKED", "BANNED", "VIRUS")
@@ -118,6 +118,44 @@ POLICY_SETTINGS = _settings(
             "header added to passed mail when a virus scanner answered"),
     Setting("x_header_line", Str(nullable=True), "pymavis at {mydomain}",
             "its value ({mydomain}, {myhostname} expand); null: no header"),
+    # spam (checks/spam.py): levels and tags per recipient, amavisd.conf's sample values
+    Setting("spam_tag_level", FloatLookup, 2.0,
+            "per-recipient: X-Spam-* headers at or above this level (null: always)"),
+    Setting("spam_tag2_level", FloatLookup, 6.2,
+            "per-recipient: SPAMMY at or above: X-Spam-Flag YES, spam_subject_tag2, addr_extension_spam"),
+    Setting("spam_tag3_level", FloatLookup, None,
+            "per-recipient: SPAMMY minor 1 at or above: spam_subject_tag3 instead of tag2 (null: none)"),
+    Setting("spam_kill_level", FloatLookup, 6.9,
+            "per-recipient: SPAM at or above: final_spam_destiny applies (null: never SPAM by score)"),
+    Setting("spam_dsn_cutoff_level", FloatLookup, 10.0,
+            "per-recipient: no sender notice for spam at or above this level (null: no cutoff)"),
+    Setting("spam_quarantine_cutoff_level", FloatLookup, None,
+            "per-recipient: spam at or above this level is not quarantined (null: no cutoff)"),
+    Setting("spam_subject_tag", StrLookup, None,
+            "per-recipient: Subject prefix at or above spam_tag_level (null: none)"),
+    Setting("spam_subject_tag2", StrLookup, "***SPAM*** ",
+            "per-recipient: Subject prefix at or above spam_tag2_level (null: none)"),
+    Setting("spam_subject_tag3", StrLookup, None,
+            "per-recipient: Subject prefix at or above spam_tag3_level (null: none)"),
+    Setting("addr_extension_spam", StrLookup, None,
+            "per-recipient: address extension for spammy mail to local recipients (user+spam@; null: none)"),
+    Setting("whitelist_sender", BoolLookup, [],
+            "by envelope sender: never SPAMMY or SPAM; spamd is not asked when it decides for everyone"),
+    Setting("blacklist_sender", BoolLookup, [],
+            "by envelope sender: always SPAM; spamd is not asked"),
+    Setting("score_sender", FloatLookup, None,
+            "by envelope sender: points added to spamd's score (negative lowers it)"),
+    Setting("sa_mail_body_size_limit", Int(minimum=0), 409600,
+            "bytes of the message spamd sees at most (0: all); see sa_mail_body_size_action"),
+    Setting("sa_mail_body_size_action", Enum(("truncate", "skip")), "truncate",
+            "a larger message: truncate it near the limit for spamd (amavis), or skip the spam check"),
+    Setting("spam_scanner_failure", Enum(("pass", "tempfail")), "pass",
+            "when no spamd answered: pass (not marked spam, logged) or tempfail (the MTA retries)"),
+    Setting("remove_existing_spam_headers", Bool(), True,
+            "incoming X-Spam-* fields we write are removed from the mail and from what spamd sees"),
+    Setting("split_recipients_at_rcpt", Bool(), False,
+            "at RCPT, answer 452 4.5.3 to a recipient whose policy differs from the first one's "
+            "(inbound MX banks only; see docs/spam.md)"),
     Setting("on_internal_error", Enum(("tempfail", "accept")), "tempfail",
             "answer when pymavis itself fails: tempfail keeps the mail in the MTA's queue"),
 )
@@ -275,6 +313,70 @@ class ScannerList(Type):
         return "a list of scanners ({name, socket, method, connect_timeout_s, timeout_s, max_size})"
 
 
+_SPAMD_KEYS = {"name": Str(nonempty=True), "socket": Str(nonempty=True), "user": Str(nullable=True),
+               "compress": Bool(), "connect_timeout_s": Float(minimum=0.1), "timeout_s": Float(minimum=0.1)}
+SPAMD_DEFAULTS = {"user": None, "compress": False, "connect_timeout_s": 3.0, "timeout_s": 30.0}
+_SPAMD_SECTION = Section(_SPAMD_KEYS, SPAMD_DEFAULTS)
+
+
+class SpamdList(Type):
+    """[{name, socket, user, compress, connect_timeout_s, timeout_s}, ...] -> spam.SpamScanner."""
+
+    def convert(self, value, ctx):
+        from pymavis import spamd
+        from pymavis.checks.spam import SpamScanner
+        if value is None:
+            return ()
+        if not isinstance(value, list):
+            raise SettingError(f"expected a list of spamd scanners, got {_type_name(value)}")
+        scanners = []
+        for i, item in enumerate(value):
+            if not isinstance(item, dict):
+                raise SettingError(f"expected a mapping {{name, socket, ...}}, got {item!r}", (i,))
+            try:
+                fields = _SPAMD_SECTION.convert(item, ctx)
+            except SettingError as exc:
+                raise SettingError(str(exc), (i,) + exc.path) from None
+            for key in ("name", "socket"):
+                if key not in item:
+                    raise SettingError(f"a spam scanner needs {key!r}", (i,))
+            try:
+                client = spamd.SpamdClient(fields["socket"], user=fields["user"], compress=fields["compress"],
+                                           connect_timeout=fields["connect_timeout_s"], timeout=fields["timeout_s"])
+            except ValueError as exc:
+                raise SettingError(str(exc), (i, "user" if "user" in str(exc) else "socket")) from None
+            scanners.append(SpamScanner(fields["name"], client))
+        return tuple(scanners)
+
+    def describe(self):
+        return "a list of spamd scanners ({name, socket, user, compress, connect_timeout_s, timeout_s})"
+
+
+_SPAM_CACHE_SETTINGS = {"ttl_s": Float(minimum=0), "max_entries": Int(minimum=1)}
+SPAM_CACHE_DEFAULTS = {"ttl_s": 600.0, "max_entries": 10000}
+class InetSpec(Str):
+    """A TCP socket spec (inet:HOST:PORT), or null."""
+
+    def convert(self, value, ctx):
+        from pymavis import netclient
+        value = super().convert(value, ctx)
+        if value is not None:
+            try:
+                spec = netclient.parse_socket_spec(value, "socket")
+            except ValueError as exc:
+                raise SettingError(str(exc)) from None
+            if spec.is_unix:
+                raise SettingError(f"{value!r}: the re-submission listener is reached over TCP (inet:HOST:PORT)")
+        return value
+
+    def describe(self):
+        return "inet:HOST:PORT or null"
+
+
+_RESUBMIT_SETTINGS = {"socket": InetSpec(nullable=True), "timeout_s": Float(minimum=0.1), "helo": Str(nullable=True)}
+RESUBMIT_DEFAULTS = {"socket": None, "timeout_s": 30.0, "helo": None}
+
+
 class _IpBankList(Type):
     """Documents the shape; load.py converts the entries itself (each `ip` is a lookup)."""
 
@@ -312,6 +414,13 @@ GLOBAL_SETTINGS = _settings(
             "scanners tried in order, until one answers, only when every primary failed"),
     Setting("first_infected_stops_scan", Bool(), False,
             "stop at the first primary scanner that finds a virus (default: every primary runs)"),
+    Setting("spam_scanners", SpamdList(), [],
+            "spamd daemons, tried in order until one answers; none configured: no spam checking"),
+    Setting("spam_cache", Section(_SPAM_CACHE_SETTINGS, SPAM_CACHE_DEFAULTS), SPAM_CACHE_DEFAULTS,
+            "reuse spamd's verdict for the same message for ttl_s seconds (0: off), at most max_entries kept"),
+    Setting("resubmit", Section(_RESUBMIT_SETTINGS, RESUBMIT_DEFAULTS), RESUBMIT_DEFAULTS,
+            "the MTA's loopback listener that does not filter (contrib/postfix: inet:127.0.0.1:10025): "
+            "recipients needing other header edits are re-submitted there; socket null: not used"),
     Setting("mynets_bank", Str(nullable=True), "MYNETS", "bank loaded when the client is in mynetworks"),
     Setting("auth_bank", Str(nullable=True), "AUTH", "bank loaded when the client authenticated (SMTP AUTH)"),
     Setting("myusers_bank", Str(nullable=True), "MYUSERS",

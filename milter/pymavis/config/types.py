@@ -222,6 +222,24 @@ class RuleSetsLookup(Lookup):
         return Lookup(self.kind, check).convert(value, ctx)
 
 
+def float_from_text(value):
+    """A spam level or score boost: a number, or a string holding one ("6.2", "-3")."""
+    if isinstance(value, bool):
+        raise ValueError(f"expected a number, got {value!r}")
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"expected a number, got {value!r}") from None
+
+
+def str_from_text(value):
+    if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+        raise ValueError(f"expected a string, got {value!r}")
+    return str(value)
+
+
 BoolLookup = Lookup("address", bool_from_text)
+FloatLookup = Lookup("address", float_from_text)
+StrLookup = Lookup("address", str_from_text)
 SizeLookup = Lookup("address", lambda v: int_from_text(v, minimum=0))
 IpLookup = Lookup("ip", bool_from_text)
