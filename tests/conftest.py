@@ -34,6 +34,19 @@ def clamd(tmp_path_factory):
         yield daemon
 
 
+@pytest.fixture(scope="session")
+def spamd(tmp_path_factory):
+    """One real spamd for the session (harness/spamd.py; starts in about a second)."""
+    from harness.spamd import SpamdProcess
+    with SpamdProcess(str(tmp_path_factory.mktemp("spamd"))) as daemon:
+        yield daemon
+
+
+def spam_scanners_yaml(spamd, kind: str = "unix") -> str:
+    """The `spam_scanners:` lines of a pymavis config using the session's spamd."""
+    return f'spam_scanners:\n  - {{name: spamd, socket: "{spamd.socket_spec(kind)}", timeout_s: 60}}\n'
+
+
 def scanners_yaml(clamd, method: str = "fildes") -> str:
     """The `av_scanners:` lines of a pymavis config using the session's clamd."""
     socket = clamd.socket_spec("unix" if method == "fildes" else "inet")

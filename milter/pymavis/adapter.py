@@ -40,6 +40,7 @@ import Milter
 import milter as libmilter
 
 from . import config as config_mod
+from . import decide as decide_mod
 from . import log as logmod
 from . import outcome as outcome_mod
 from . import pipeline, policy as policy_mod, report
@@ -282,6 +283,19 @@ class PymavisMilter(Milter.Base):
             self.log.info("RCPT <%s> refused: declared SIZE %d > message_size_limit %d", addr, declared, limit)
             return self._answer(Outcome(Action.REJECT, Reply(
                 "552", "5.3.4", f"Message size ({declared} bytes) exceeds the size limit ({limit}) of this recipient")))
+        if self.policy.split_recipients_at_rcpt and not self.policy.originating:
+            try:
+                fingerprint = decide_mod.fingerprint(self.policy, addr)
+            except LookupFailed as exc:
+                self.log.warning("lookup for <%s> failed: %s", addr, exc)
+                return self._answer(Outcome(Action.TEMPFAIL, Reply("451", "4.3.0", "Temporary lookup failure")))
+            if self.builder.rcpts and fingerprint != self.builder.fingerprint:
+                # RFC 5321 3.3 and 4.5.3.1.10: the client sends it again in a transaction of its own
+                self.log.info("RCPT <%s> deferred with 452 4.5.3: its policy differs from <%s>'s "
+                              "(split_recipients_at_rcpt)", addr, self.builder.rcpts[0].addr)
+                return self._answer(Outcome(Action.TEMPFAIL, Reply("452", "4.5.3", "Too many recipients")))
+            if not self.builder.rcpts:
+                self.builder.fingerprint = fingerprint
         self.builder.add_rcpt(Rcpt(to, addr, tuple(params)), limit)
         return Milter.CONTINUE
 

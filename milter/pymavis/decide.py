@@ -67,6 +67,15 @@ def resolve_rcpt(policy, rcpt: str) -> RcptSettings:
                         tuple((name, policy.rcpt_value(name, rcpt, is_local=is_local)) for name in PER_RCPT_SETTINGS))
 
 
+def fingerprint(policy, rcpt: str) -> tuple:
+    """What can make this recipient's edits or destiny differ from another's (every
+    per-recipient setting but the size limit, and whether the address is local): two
+    recipients with equal fingerprints always share one milter answer. For the RCPT-time
+    split (split_recipients_at_rcpt). Raises lookups.LookupFailed."""
+    settings = resolve_rcpt(policy, rcpt)
+    return (settings.is_local, *(v for n, v in settings.values if n != "message_size_limit"))
+
+
 @dataclass(frozen=True)
 class RcptDecision:
     rcpt: str

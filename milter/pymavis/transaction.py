@@ -156,6 +156,7 @@ class TransactionBuilder:
         self.store_limit: int | None = None   # stop storing past this many bytes (None: no cap)
         self._limits: list[int] = []          # each recipient's message_size_limit
         self.failed: str | None = None        # an error seen in a no-reply callback
+        self.fingerprint: tuple | None = None  # the first recipient's (split_recipients_at_rcpt)
         self.headers_done = False
 
     def add_rcpt(self, rcpt: Rcpt, size_limit: int):
