@@ -483,6 +483,8 @@ def run(config, config_path: str, socket_spec: str | None = None, *, force_stder
     logmod.log.info("pymavis starting on %s (config %s, %d workers)", spec, config_path, s["workers"])
     if not config["av_scanners"] and not config["av_scanners_backup"]:
         logmod.log.warning("no virus scanners configured (av_scanners): mail is not scanned for viruses")
+    if not config["spam_scanners"]:
+        logmod.log.warning("no spam scanners configured (spam_scanners): mail is not checked for spam")
     _serve(spec, s["timeout"])
     logmod.log.info("stopping: waiting up to %ss for %d message(s) in flight", s["shutdown_grace_s"], APP.in_flight)
     if not APP.wait_idle(s["shutdown_grace_s"]):

@@ -37,7 +37,7 @@ JUDGE_TABLE = [
     ("low-levels-spam-extension", LOW, 5.0, SenderLists(), (Ccat.SPAM, 0, True, "***SPAM*** ", "spam")),
     ("whitelisted-gtube", DEFAULT, 1000.0, WL, (None, 0, True, None, None)),
     ("blacklisted-ham", DEFAULT, -1.0, BL, (Ccat.SPAM, 0, True, "***SPAM*** ", None)),
-    ("blacklisted-not-scanned", DEFAULT, None, BL, (Ccat.SPAM, 0, False, "***SPAM*** ", None)),
+    ("blacklisted-not-scanned", DEFAULT, None, BL, (Ccat.SPAM, 0, True, "***SPAM*** ", None)),
     ("boost-pushes-over-kill", DEFAULT, 5.0, SenderLists(boost=3.0), (Ccat.SPAM, 0, True, "***SPAM*** ", None)),
     ("negative-boost-rescues", DEFAULT, 8.0, SenderLists(boost=-5.0), (None, 0, True, None, None)),
     ("not-scanned", DEFAULT, None, SenderLists(), (None, 0, False, None, None)),
@@ -72,6 +72,8 @@ def test_header_values_for_ham_and_lists():
     assert ham["X-Spam-Status"] == "No, score=2.5 tag=2 tag2=6.2 kill=6.9 tests=[none]"
     negative = dict(header_values(judge("r@x", NO_TAG, -1.2, SenderLists()), ()))
     assert "X-Spam-Level" not in negative and negative["X-Spam-Score"] == "-1.2"
+    bl = dict(header_values(judge("r@x", DEFAULT, None, BL), ()))
+    assert bl == {"X-Spam-Flag": "YES", "X-Spam-Status": "Yes, score=- tag=2 tag2=6.2 kill=6.9 tests=[BLACKLISTED]"}
     wl = dict(header_values(judge("r@x", DEFAULT, 1000.0, WL), ("GTUBE",)))
     assert wl["X-Spam-Flag"] == "NO" and "tests=[WHITELISTED, GTUBE]" in wl["X-Spam-Status"]
 

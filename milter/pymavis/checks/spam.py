@@ -163,7 +163,8 @@ def judge(rcpt: str, levels: Levels, score: float | None, lists: SenderLists) ->
         ccat, minor = Ccat.SPAMMY, 0
     else:
         ccat, minor = None, 0
-    tag_headers = level is not None and (levels.tag is None or level >= levels.tag or ccat is not None)
+    tag_headers = lists.blacklisted or (level is not None and (levels.tag is None or level >= levels.tag
+                                                               or ccat is not None))
     if ccat is not None and minor == 1 and levels.subject_tag3:
         subject = levels.subject_tag3
     elif ccat is not None and levels.subject_tag2:
@@ -198,7 +199,9 @@ def header_values(j: Judgement, tests: tuple[str, ...]) -> tuple[tuple[str, str]
     room = 900 - len(status) - len(" tests=[]")
     if len(test_text) > room:
         test_text = test_text[:room].rsplit(", ", 1)[0] + ", ..."
-    values = [("X-Spam-Flag", "YES" if spammy else "NO"), ("X-Spam-Score", _num(j.level))]
+    values = [("X-Spam-Flag", "YES" if spammy else "NO")]
+    if j.level is not None:
+        values.append(("X-Spam-Score", _num(j.level)))
     if stars:
         values.append(("X-Spam-Level", stars))
     values.append(("X-Spam-Status", f"{status} tests=[{test_text}]"))
