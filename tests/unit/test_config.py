@@ -101,3 +101,18 @@ def test_relative_lookup_files_resolve_against_the_config(confdir):
     config = load(write(confdir, "p.yaml", "policy:\n  message_size_limit:\n    - file: sizes.txt\n    - 0\n"))
     chain = config.default_policy["message_size_limit"]
     assert chain.lookup_address("u@example.com", delimiter="+", is_local=False).value == 1000
+
+
+@pytest.mark.parametrize("text, message", [
+    ("spam_scanners:\n  - {name: s, sockt: unix:/x}\n", ":2: spam_scanners: unknown key 'sockt' (did you mean 'socket'?)"),
+    ("spam_scanners:\n  - {name: s}\n", ":2: spam_scanners: a spam scanner needs 'socket'"),
+    ("spam_scanners:\n  - {name: s, socket: 'tcp:1'}\n", ":2: spam_scanners: spamd socket 'tcp:1': expected "),
+    ("spam_scanners:\n  - {name: s, socket: 'unix:/x', user: 'a b'}\n", ":2: spam_scanners: spamd user 'a b'"),
+    ("resubmit: {socket: 'unix:/x'}\n", ":1: resubmit: 'unix:/x': the re-submission listener is reached over TCP"),
+    ("policy:\n  spam_kill_level: {'@example.com': lots}\n", ":2: spam_kill_level: bad value 'lots'"),
+    ("policy:\n  spam_kill_level: 6.9\n  sa_mail_body_size_action: cut\n", ":3: sa_mail_body_size_action: "
+                                                                             "expected one of truncate, skip"),
+])
+def test_spam_setting_errors_name_file_line_and_key(confdir, text, message):
+    errs = errors_of(write(confdir, "p.yaml", text))
+    assert len(errs) == 1 and message in errs[0], errs

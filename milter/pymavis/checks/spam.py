@@ -45,13 +45,16 @@ mail is not marked spam, the log says SPAM CHECK FAILED and why) or `tempfail`. 
 never a crash.
 
 Threads: the spamd call may start before the checks before it have finished (`start`,
-called by the pipeline, runs it on the network-scan pool) so that clamd and spamd work on
-one message at the same time; `check` waits for it.
+called by the pipeline, reads the message from the spool in the pipeline's thread, then
+asks spamd on the network-scan pool) so that clamd and spamd work on one message at the
+same time; `check` waits for it. Only the pipeline's thread reads the spool: it has one
+file position.
 """
 
 from __future__ import annotations
 
 import concurrent.futures
+import functools
 import hashlib
 import threading
 import time
@@ -370,28 +373,46 @@ def start(scan) -> None:
             return
     except LookupFailed:
         return   # check() looks them up again and the pipeline answers TEMPFAIL
-    pending = _Pending()
-    scan.spam_pending = pending
-    pending.future = _pool().submit(_ask, scan)
+    _begin(scan)
 
 
-def _ask(scan) -> tuple[Verdict | None, str]:
-    """spamd's verdict for the message, or None and why not."""
+def _begin(scan) -> _Pending:
+    """Read what spamd gets here, in the calling thread (the spool has one file position,
+    and the walk or clamd read it next), and ask spamd on the pool."""
+    pending = scan.spam_pending = _Pending()
+    done, job = _prepare(scan)
+    if done is not None:
+        pending.future = concurrent.futures.Future()
+        pending.future.set_result(done)
+    else:
+        pending.future = _pool().submit(job)
+    return pending
+
+
+def _prepare(scan):
+    """(the answer when spamd need not be asked, None) or (None, the call to make)."""
     txn, policy = scan.txn, scan.policy
     if getattr(txn.spool, "truncated", False):
-        return None, f"not checked: message not stored whole ({txn.spool.size} bytes)"
+        return (None, f"not checked: message not stored whole ({txn.spool.size} bytes)"), None
     limit = policy.sa_mail_body_size_limit
     if limit and txn.spool.stored > limit and policy.sa_mail_body_size_action == "skip":
-        return None, f"not checked: size {txn.spool.stored} > sa_mail_body_size_limit {limit}"
+        return (None, f"not checked: size {txn.spool.stored} > sa_mail_body_size_limit {limit}"), None
     data, truncated = message_for_spamd(txn.spool, limit, policy.remove_existing_spam_headers)
+    note = f"truncated to {len(data)} bytes (sa_mail_body_size_limit {limit})" if truncated else ""
     key = cache_key(txn, data)
-    if scan.spam_cache is not None:
-        hit = scan.spam_cache.get(key)
+    cache = scan.spam_cache
+    if cache is not None:
+        hit = cache.get(key)
         if hit is not None:
-            return Verdict(hit.score, hit.required, hit.tests, hit.scanner, 0.0, truncated, True), ""
+            return (Verdict(hit.score, hit.required, hit.tests, hit.scanner, 0.0, truncated, True), note), None
     payload = envelope_lines(txn, scan.myhostname) + data
+    return None, functools.partial(_ask, scan.spam_scanners, payload, truncated, note, txn.mail_id, cache, key)
+
+
+def _ask(scanners, payload: bytes, truncated: bool, note: str, mail_id: str, cache, key) -> tuple[Verdict, str]:
+    """spamd's verdict: the first scanner that answers. Raises _AllFailed."""
     failures = []
-    for scanner in scan.spam_scanners:
+    for scanner in scanners:
         started = time.monotonic()
         try:
             reply = scanner.client.symbols(payload)
@@ -401,10 +422,10 @@ def _ask(scan) -> tuple[Verdict | None, str]:
         verdict = Verdict(reply.score, reply.required, reply.tests, scanner.name,
                           (time.monotonic() - started) * 1000, truncated)
         for why in failures:
-            log.warning("mail_id %s: spam scanner %s", txn.mail_id, why)
-        if scan.spam_cache is not None:
-            scan.spam_cache.put(key, verdict)
-        return verdict, (f"truncated to {len(data)} bytes (sa_mail_body_size_limit {limit})" if truncated else "")
+            log.warning("mail_id %s: spam scanner %s", mail_id, why)
+        if cache is not None:
+            cache.put(key, verdict)
+        return verdict, note
     raise _AllFailed("; ".join(failures))
 
 
@@ -440,9 +461,9 @@ def check(scan) -> CheckResult:
         note = "spamd not asked: every recipient is blocked already"
         _cancel(scan)
     else:
-        pending = scan.spam_pending
+        pending = scan.spam_pending or _begin(scan)
         try:
-            verdict, note = pending.future.result() if pending is not None else _ask(scan)
+            verdict, note = pending.future.result()
         except _AllFailed as exc:
             note = f"SPAM CHECK FAILED: {exc}"
             log.error("mail_id %s: %s", scan.txn.mail_id, note)

@@ -275,6 +275,25 @@ SCANNER_DEFAULTS = {"method": None, "connect_timeout_s": 5.0, "timeout_s": 60.0,
 _SCANNER_SECTION = Section(_SCANNER_KEYS, SCANNER_DEFAULTS)
 
 
+def _scanner_entries(value, section: Section, ctx, what: str):
+    """(index, converted fields) of each {name, socket, ...} entry of a scanner list."""
+    if value is None:
+        return
+    if not isinstance(value, list):
+        raise SettingError(f"expected a list of {what}s, got {_type_name(value)}")
+    for i, item in enumerate(value):
+        if not isinstance(item, dict):
+            raise SettingError(f"expected a mapping {{name, socket, ...}}, got {item!r}", (i,))
+        try:
+            fields = section.convert(item, ctx)
+        except SettingError as exc:
+            raise SettingError(str(exc), (i,) + exc.path) from None
+        for key in ("name", "socket"):
+            if key not in item:
+                raise SettingError(f"a {what} needs {key!r}", (i,))
+        yield i, fields
+
+
 class ScannerList(Type):
     """[{name, socket, method, connect_timeout_s, timeout_s, max_size}, ...] -> virus.Scanner.
     `method` defaults to fildes on a unix socket, instream over TCP; fildes over TCP is an
@@ -283,21 +302,8 @@ class ScannerList(Type):
     def convert(self, value, ctx):
         from pymavis import clamd
         from pymavis.checks.virus import Scanner
-        if value is None:
-            return ()
-        if not isinstance(value, list):
-            raise SettingError(f"expected a list of scanners, got {_type_name(value)}")
         scanners = []
-        for i, item in enumerate(value):
-            if not isinstance(item, dict):
-                raise SettingError(f"expected a mapping {{name, socket, ...}}, got {item!r}", (i,))
-            try:
-                fields = _SCANNER_SECTION.convert(item, ctx)
-            except SettingError as exc:
-                raise SettingError(str(exc), (i,) + exc.path) from None
-            for key in ("name", "socket"):
-                if key not in item:
-                    raise SettingError(f"a scanner needs {key!r}", (i,))
+        for i, fields in _scanner_entries(value, _SCANNER_SECTION, ctx, "scanner"):
             try:
                 client = clamd.ClamdClient(fields["socket"], connect_timeout=fields["connect_timeout_s"],
                                            timeout=fields["timeout_s"])
@@ -325,21 +331,8 @@ class SpamdList(Type):
     def convert(self, value, ctx):
         from pymavis import spamd
         from pymavis.checks.spam import SpamScanner
-        if value is None:
-            return ()
-        if not isinstance(value, list):
-            raise SettingError(f"expected a list of spamd scanners, got {_type_name(value)}")
         scanners = []
-        for i, item in enumerate(value):
-            if not isinstance(item, dict):
-                raise SettingError(f"expected a mapping {{name, socket, ...}}, got {item!r}", (i,))
-            try:
-                fields = _SPAMD_SECTION.convert(item, ctx)
-            except SettingError as exc:
-                raise SettingError(str(exc), (i,) + exc.path) from None
-            for key in ("name", "socket"):
-                if key not in item:
-                    raise SettingError(f"a spam scanner needs {key!r}", (i,))
+        for i, fields in _scanner_entries(value, _SPAMD_SECTION, ctx, "spam scanner"):
             try:
                 client = spamd.SpamdClient(fields["socket"], user=fields["user"], compress=fields["compress"],
                                            connect_timeout=fields["connect_timeout_s"], timeout=fields["timeout_s"])
