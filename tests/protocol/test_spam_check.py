@@ -228,3 +228,18 @@ def test_resubmission_failure_before_anything_was_sent_tempfails(tmp_path, spamd
                      + policy(spam_tag_level=f'{{"{ANN}": -999, ".": 50}}'), rcpts=(BOB, ANN))
     assert result.outcome.action is Action.TEMPFAIL
     assert str(result.outcome.reply).startswith("451 4.3.0 Temporary failure re-submitting")
+
+
+def test_spamd_and_clamd_on_one_spooled_message_see_it_whole(tmp_path, spamd, clamd):
+    """The spamd call overlaps decoding and clamd; each must still read the whole message
+    (the spool has one file position). A message over the 100 KiB memory spool, on disk."""
+    from harness.clamd import EICAR
+    raw = gtube("both").replace(b"\r\n\r\n", b"\r\nMIME-Version: 1.0\r\n\r\n", 1) + b"X " + EICAR + b"\r\n" \
+        + b"filler line to take the message past the memory spool\r\n" * 3000
+    config = (spam_scanners_yaml(spamd) + f'av_scanners:\n  - {{name: clamd, socket: "{clamd.socket_spec("unix")}"}}\n'
+              + policy(virus_lovers="true", spam_lovers="true", sa_mail_body_size_limit=0))
+    for _ in range(5):
+        result = run(tmp_path, raw, config)
+        ccats = {f.ccat for f in result.findings}
+        assert {Ccat.VIRUS, Ccat.SPAM} <= ccats, result.findings
+        assert spam_view(result).verdict.score >= 1000
