@@ -33,6 +33,20 @@ signatures; their share is taken from "50 KB + PDF" (20% -> 17%):
 
 `MsgClass.virus` names the signature clamd must report for a class (None: none).
 
+The spam profile's mix (`SPAM_MIX`, sent by bench/spam.py's SpamMix) is the decode mix
+without its 5 MB classes (spamd would only get their first 400 KiB), the shares scaled
+down to make room for spam and ham as SpamAssassin's own tests have them:
+
+    50 KB classes              79%   as above (17, 14, 10, 14, 14, 10)
+    corpus                     11%   as above
+    spam: SpamAssassin t/data   6%   corpus spamassassin-t-data/spam (`sa_corpus("spam")`)
+    ham: SpamAssassin t/data    2%   its nice/ and welcomelists/, and the package's
+                                     sample-nonspam.txt (`sa_corpus("ham")`)
+    GTUBE                       2%   4 KB text/plain: sample-spam.txt's body (the GTUBE
+                                     string: score 1000, SPAM), then ordinary text
+
+`MsgClass.pool` names the corpus selection of a class whose messages are read from files.
+
 Sizes are whole messages (headers + body) within 2%; the header section is bench/sender.py's
 (16 fields as inbound mail has them, unique Message-ID per message). Each class has a few
 variants (`VARIANTS`), so the decoder never sees one body only; the 5 MB classes two.
@@ -62,6 +76,7 @@ from pathlib import Path
 
 import sender
 from harness.clamd import CLAM_EXE_SIGNATURE, EICAR, EICAR_SIGNATURE, TESTFILES
+from harness.spamd import GTUBE, SAMPLES as SA_EXAMPLES
 
 CORPUS_DIR = Path("/work/shared/corpus")
 CORPUS_MIN_BYTES, CORPUS_MAX_BYTES = 2 * 1024, 1024 * 1024
@@ -366,6 +381,7 @@ class MsgClass:
     size: int | None                # whole-message bytes; None: corpus messages as they are
     body: Callable[[random.Random, int], Body] | None
     virus: str | None = None        # the signature clamd must report (tests/harness/clamd.py)
+    pool: str = "corpus"            # size None: which corpus selection (bench/spam.py: spam, ham)
 
 
 DECODE_MIX: tuple[MsgClass, ...] = (
@@ -394,6 +410,35 @@ VIRUS_MIX: tuple[MsgClass, ...] = tuple(
     MsgClass(c.label, c.share - sum(i.share for i in INFECTED), c.size, c.body) if c.label == "50 KB + PDF" else c
     for c in DECODE_MIX) + INFECTED
 assert sum(c.share for c in VIRUS_MIX) == 100
+
+
+def _gtube(rng: random.Random, room: int) -> Body:
+    """text/plain: SpamAssassin's sample-spam.txt body (the GTUBE string, score 1000) and
+    ordinary text after it to fill the message."""
+    sample = (Path(SA_EXAMPLES) / "sample-spam.txt").read_bytes().replace(b"\r\n", b"\n")
+    body = sample.partition(b"\n\n")[2].replace(b"\n", b"\r\n")
+    assert GTUBE in body, "sample-spam.txt has no GTUBE string"
+    return Body("text/plain; charset=us-ascii", body + b"\r\n" + _whole_lines(rng, max(80, room - len(body) - 2)))
+
+
+# The spam profile's mix (bench/spam.py): the decode mix without its 5 MB classes (spamd
+# would get only their first 400 KiB, sa_mail_body_size_limit), with spam and ham as
+# SpamAssassin's own test data has them, and 2% GTUBE so that the verdict path is
+# exercised (score 1000: SPAM). Shares of the 50 KB classes and the corpus scaled down.
+SPAM_MIX: tuple[MsgClass, ...] = (
+    MsgClass("50 KB + PDF", 17, 50 * KB, DECODE_MIX[0].body),
+    MsgClass("50 KB + docx", 14, 50 * KB, DECODE_MIX[1].body),
+    MsgClass("50 KB + zip", 10, 50 * KB, DECODE_MIX[2].body),
+    MsgClass("50 KB + image", 14, 50 * KB, DECODE_MIX[3].body),
+    MsgClass("50 KB HTML", 14, 50 * KB, DECODE_MIX[4].body),
+    MsgClass("50 KB forwarded", 10, 50 * KB, DECODE_MIX[5].body),
+    MsgClass("corpus", 11, None, None),
+    MsgClass("spam: SpamAssassin t/data", 6, None, None, pool="spam"),
+    MsgClass("ham: SpamAssassin t/data", 2, None, None, pool="ham"),
+    MsgClass("GTUBE", 2, 4 * KB, _gtube),
+)
+assert sum(c.share for c in SPAM_MIX) == 100
+assert [c.label for c in SPAM_MIX[:6]] == [c.label for c in DECODE_MIX[:6]]
 
 
 def sized_body(cls: MsgClass, seed: str) -> Body:
@@ -437,6 +482,39 @@ def corpus_candidates(root: Path = CORPUS_DIR) -> list[Path]:
             path = root / row["source"] / row["path"]
             if path.is_file():
                 out.append(path)
+    return out
+
+
+SA_DATA = "spamassassin-t-data"
+SA_SPAM_DIRS, SA_HAM_DIRS = ("spam/",), ("nice/", "welcomelists/")
+SA_MIN_BYTES, SA_MAX_BYTES = 500, 400 * 1024
+
+
+def sa_corpus(kind: str, root: Path = CORPUS_DIR) -> list[Path]:
+    """SpamAssassin's own test messages in the corpus (t/data): `kind` "spam" (spam/) or
+    "ham" (nice/, welcomelists/, and the package's sample-nonspam.txt). Any part count,
+    500 B - 400 KiB (under sa_mail_body_size_limit), no Python `email` defects, lines <= 998,
+    none of CORPUS_EXCLUDED_FEATURES, no GTUBE string anywhere (GTUBE has a class of its own,
+    whose count per phase the run checks). In MANIFEST order."""
+    dirs = SA_SPAM_DIRS if kind == "spam" else SA_HAM_DIRS
+    lines = (root / "MANIFEST.tsv").read_text(errors="replace").splitlines()
+    head = lines[0].split("\t")
+    out = []
+    for line in lines[1:]:
+        row = dict(zip(head, line.split("\t")))
+        if row.get("source") != SA_DATA or not row.get("path", "").startswith(dirs):
+            continue
+        try:
+            size, maxline = int(row["size"]), int(row["maxline"])
+        except (KeyError, ValueError):
+            continue
+        if (SA_MIN_BYTES <= size <= SA_MAX_BYTES and maxline <= 998 and not row.get("python_defects")
+                and not any(f in row.get("features", "") for f in CORPUS_EXCLUDED_FEATURES)):
+            path = root / SA_DATA / row["path"]
+            if path.is_file() and GTUBE not in path.read_bytes():
+                out.append(path)
+    if kind == "ham":
+        out.append(Path(SA_EXAMPLES) / "sample-nonspam.txt")
     return out
 
 

@@ -1,13 +1,14 @@
 """pymavis benchmark: a real Postfix with a null milter and with pymavis, compared.
 
-Every variant is measured in the same run, interleaved; three profiles.
+Every variant is measured in the same run, interleaved; four profiles.
 
     make bench                                   # = .venv/bin/python bench/run.py (all profiles)
     .venv/bin/python bench/run.py --quick        # smoke run: small, nothing written to docs/
     .venv/bin/python bench/run.py --profile decode --reps 3
     .venv/bin/python bench/run.py --profile virus
+    .venv/bin/python bench/run.py --profile spam
 
-Profiles (`--profile`, default `all`: all three, one after the other, each with its own
+Profiles (`--profile`, default `all`: all four, one after the other, each with its own
 processes, then one report):
   pass-through  the size mix of bench/sender.py (60% 4 KB text, 30% 32 KB and 10% 256 KB
                 with one attachment of random bytes); variants: Postfix alone, + null
@@ -32,7 +33,18 @@ processes, then one report):
                 scanning the same messages at the same concurrency, no Postfix (the
                 ceiling for any design that calls clamd). Before it, clamd screens the
                 corpus share and its CPU per message is measured by class, one scan at a
-                time. Target: pymavis (zFILDES) >= 0.45 x Postfix alone.
+                time. Target: pymavis (zFILDES) >= 0.45 x Postfix alone;
+  spam          bench/messages.py's SPAM_MIX: the decode mix without its 5 MB classes, with
+                SpamAssassin's own spam and ham test messages and 2% GTUBE, and one spamd
+                (tests/harness/spamd.py, bench/spam.py); variants: spamd alone (our
+                SpamdClient asking SYMBOLS with the bytes pymavis would send, same
+                concurrency, no Postfix: the ceiling), + pymavis + spamd with the verdict
+                cache off (every message to spamd), and on a MIRV stream (30% of the
+                messages repeat an earlier one byte for byte, to another recipient) spamd
+                alone and + pymavis + spamd with the cache on (shipped spam_cache). Before
+                it, spamd's CPU per message is measured by class, one request at a time.
+                Targets: pymavis (cache off) >= 0.95 x spamd alone; on the MIRV stream
+                pymavis (cache on) >= 1.3 x spamd alone; pymavis peak RSS <= 150 MB.
 
 What runs (all on 127.0.0.1, in a temp dir under /tmp, removed at the end), per profile:
   - one `smtp-sink` (Postfix's C test server) that every Postfix relays to, counting messages;
@@ -44,6 +56,8 @@ What runs (all on 127.0.0.1, in a temp dir under /tmp, removed at the end), per 
                into the temp dir; for "decoding off" the two bypass settings added; in the
                virus profile av_scanners and the two destinies);
   - virus profile: one clamd (tests/harness/clamd.py) on a unix socket in the temp dir;
+  - spam profile: one spamd (tests/harness/spamd.py) on a unix socket (spamd alone has no
+    sink and no Postfix);
   - per phase, the load from bench/sender.py (the profile's mix, concurrency, per-message
     latency; see its docstring) and, in the pass-through profile, as a check on that
     sender, the same load from `smtp-source` (which sends no attachments).
@@ -57,11 +71,13 @@ Figures per phase: messages/s (messages / time from release of the senders to th
 (utime+stime from /proc/PID/stat, all threads) per message, its peak RSS (VmHWM from
 /proc/PID/status, reset before each phase by writing 5 to /proc/PID/clear_refs), the whole
 machine's busy CPU per message, the sender's own CPU, in the virus profile clamd's CPU per
-message (utime+stime from /proc/PID/stat), and the CPU of processes this run did not start
+message (utime+stime from /proc/PID/stat), in the spam profile spamd's CPU per message
+(master and children) and how many messages spamd checked, and the CPU of processes this run did not start
 ("other load": another job on a 2-core machine halves the figures; the report warns). The
 report gives the median of the repetitions and the ratios against the null milter (in the
 decode profile also against pymavis with decoding off; in the virus profile against
-Postfix alone, the null milter and clamd alone).
+Postfix alone, the null milter and clamd alone; in the spam profile against spamd alone on
+the same stream).
 
 The milters are reached over TCP on 127.0.0.1, as contrib/postfix/main.cf ships it;
 `--milter-socket unix` is a diagnostic (bench/README.md: delayed ACKs on TCP).
@@ -70,7 +86,9 @@ A lost message is a failed run, not a figure: after each phase every message mus
 reached the sink (no more, no fewer) and the Postfix queue must be empty within
 `drain timeout`; with pymavis every message must also have its "Passed" log line (virus
 profile: exactly the infected ones "Passed INFECTED"; clamd alone: every verdict as
-expected). Any SMTP reply other than success, a timeout or a dropped connection fails the
+expected; spam profile: spamd checked every message, or every one but the repeats with the
+cache on, pymavis logged no "SPAM CHECK FAILED" and exactly the GTUBE messages as SPAM by
+GTUBE). Any SMTP reply other than success, a timeout or a dropped connection fails the
 run too.
 
 Limits: every wait has a deadline (start-up, each phase, each drain, the decode
@@ -83,7 +101,9 @@ Exit status: 0 figures produced and targets met, 3 figures produced but a target
 x null milter; decode: decoding a 50 KB message <= 5 ms CPU and a 5 MB message <= 250 ms
 (bench/decode_cost.py), pymavis peak RSS <= 2 x pymavis with decoding off on the same mix
 (pass-through as the foundation measured it: pymavis decoding nothing); virus: pymavis
-with clamd (zFILDES) >= 0.45 x Postfix alone.
+with clamd (zFILDES) >= 0.45 x Postfix alone; spam: pymavis + spamd (cache off) >= 0.95 x
+spamd alone, on the MIRV stream pymavis (cache on) >= 1.3 x spamd alone, pymavis peak RSS
+<= 150 MB at concurrency 20.
 Results are printed and appended to docs/benchmarks.md (not with --quick or --no-docs).
 """
 
@@ -108,7 +128,7 @@ from pathlib import Path
 
 BENCH_DIR = Path(__file__).resolve().parent
 REPO = BENCH_DIR.parent
-sys.path.insert(0, str(REPO / "milter"))     # bench/virus.py uses our clamd client
+sys.path.insert(0, str(REPO / "milter"))     # bench/virus.py, bench/spam.py use our clamd and spamd clients
 sys.path.insert(0, str(REPO / "tests"))
 sys.path.insert(0, str(BENCH_DIR))
 
@@ -117,6 +137,7 @@ from harness.postfix import PostfixError, PostfixInstance  # noqa: E402
 
 import messages  # noqa: E402
 import sender  # noqa: E402
+import spam  # noqa: E402
 import virus  # noqa: E402
 
 SMTP_SINK = shutil.which("smtp-sink", path="/usr/sbin:/usr/bin") or "/usr/sbin/smtp-sink"
@@ -341,6 +362,7 @@ class Profile:
     variants: tuple[tuple[str, str], ...]   # (key, title): postfix, null, pymavis, pymavis-nodecode, ...
     smtp_source: bool                       # also send the load with smtp-source (no attachments)
     messages: int = 2000                    # messages per phase unless --messages says otherwise
+    warmup: int = 200                       # warm-up messages per variant unless --warmup says otherwise
 
 
 PASS_THROUGH = Profile("pass-through", "Pass-through profile",
@@ -358,10 +380,23 @@ VIRUS = Profile("virus", "Virus profile",
                  ("pymavis-instream", "+ pymavis + clamd, zINSTREAM"),
                  ("clamd", "clamd alone, zINSTREAM")),
                 smtp_source=False, messages=1500)
-PROFILES = {p.name: p for p in (PASS_THROUGH, DECODE, VIRUS)}
+# "spamd" and "spamd-mirv" are not Postfix variants: bench/spam.py's SpamdAlone, spamd
+# alone; the "-mirv" variants get the MIRV stream (bench/spam.py MirvMix).
+SPAM = Profile("spam", "Spam profile",
+               (("spamd", "spamd alone"), ("pymavis-spamd", "+ pymavis + spamd, cache off"),
+                ("spamd-mirv", "spamd alone, MIRV stream"),
+                ("pymavis-mirv", "+ pymavis + spamd, cache on, MIRV stream")),
+               smtp_source=False, messages=200, warmup=40)
+PROFILES = {p.name: p for p in (PASS_THROUGH, DECODE, VIRUS, SPAM)}
 # Targets of the virus profile (issue: virus profile), medians of the same run.
 TARGET_VIRUS_RATIO = 0.45        # pymavis (decoding, banned rules, clamd zFILDES) / Postfix alone
 AMAVIS_VIRUS_RATIO = 0.10        # amavisd-new with decoding + clamd, per the issue (not measured here)
+# Targets of the spam profile (issue: spam profile), medians of the same run.
+TARGET_SPAM_RATIO = 0.95         # pymavis + spamd (cache off) / spamd alone, same stream
+TARGET_MIRV_RATIO = 1.30         # pymavis + spamd (cache on) / spamd alone, MIRV stream
+TARGET_SPAM_RSS_MB = 150.0       # pymavis peak RSS at concurrency 20 (spamd not counted)
+TARGET_SPAM_CONCURRENCY = 20
+AMAVIS_SPAM_RATIO = 1.0          # amavisd-new with embedded SpamAssassin / spamd alone, per the issue
 
 
 # --- /proc ------------------------------------------------------------------------------
@@ -471,9 +506,10 @@ def own_jiffies(sessions: set[int]) -> int:
 class Variant:
     key: str
     title: str
-    postfix: PostfixInstance | None    # None: clamd alone (virus profile), no MTA
+    postfix: PostfixInstance | None    # None: clamd or spamd alone (virus, spam profile), no MTA
     milter: Child | None = None
     pymavis_log: Child | None = None   # the pymavis child, for its per-message log lines
+    mix: object | None = None          # the variant's own stream (spam profile: MIRV); None: the profile's
 
     @property
     def port(self) -> int:
@@ -503,6 +539,10 @@ class Phase:
     other_load_pct: float = 0.0     # CPU of processes this run did not start, % of all cores
     clamd_cpu_ms_per_msg: float | None = None   # virus profile: clamd's utime+stime per message
     infected: int = 0               # virus profile: messages of infected classes in the phase
+    spamd_cpu_ms_per_msg: float | None = None   # spam profile: spamd's CPU (master + children) per message
+    spamd_scans: int | None = None  # spam profile: messages spamd checked ("result:" lines)
+    gtube: int = 0                  # spam profile: GTUBE messages in the phase
+    repeats: int = 0                # spam profile, MIRV stream: messages repeating an earlier one
 
 
 def percentile(sorted_values: list[float], q: float) -> float:
@@ -519,13 +559,15 @@ class Bench:
     """One profile: its sink, milters and Postfix instances, its phases."""
 
     def __init__(self, args, workdir: Path, profile: Profile, mix, messages_per_phase: int,
-                 clamd=None):
+                 clamd=None, spamd=None):
         self.args = args
         self.workdir = workdir
         self.profile = profile
         self.mix = mix
         self.messages = messages_per_phase
         self.clamd = clamd          # virus profile: a started harness ClamdProcess (stopped by the caller)
+        self.spamd = spamd          # spam profile: a started harness SpamdProcess (stopped by the caller)
+        self.mirv = spam.MirvMix(mix) if spamd is not None else None   # spam profile: the MIRV stream
         self.sink: Sink | None = None
         self.children: list[Child] = []
         self.variants: list[Variant] = []
@@ -544,6 +586,10 @@ class Bench:
             if key == "clamd":
                 self.variants.append(Variant(key, title, None))
                 continue
+            stream = self.mirv if key.endswith("-mirv") else None
+            if key in ("spamd", "spamd-mirv"):
+                self.variants.append(Variant(key, title, None, mix=stream))
+                continue
             if key == "null":
                 milter, addr = start_null_milter(self.workdir, self.args.milter_socket)
             elif key == "pymavis-nodecode":
@@ -555,6 +601,13 @@ class Bench:
                 milter, addr = start_pymavis(self.workdir, self.args.milter_socket, key,
                                              top={"av_scanners": scanners}, policy=virus.POLICY,
                                              why=f"virus profile, clamd by {method}")
+            elif key in ("pymavis-spamd", "pymavis-mirv"):
+                ttl = 0 if key == "pymavis-spamd" else spam.CACHE_TTL_S
+                top = {"spam_scanners": spam.scanners_yaml(self.spamd.socket_spec("unix")),
+                       "spam_cache": spam.cache_yaml(ttl)}
+                milter, addr = start_pymavis(self.workdir, self.args.milter_socket, key, top=top,
+                                             policy=spam.POLICY,
+                                             why=f"spam profile, spamd, cache {'off' if not ttl else 'on'}")
             elif key == "pymavis":
                 milter, addr = start_pymavis(self.workdir, self.args.milter_socket, key)
             if milter:
@@ -563,7 +616,7 @@ class Bench:
             pf = PostfixInstance(self.workdir / f"postfix-{key}", sink_port=self.sink.port,
                                  milter=want)
             self.variants.append(Variant(key, title, pf, milter,
-                                         milter if key.startswith("pymavis") else None))
+                                         milter if key.startswith("pymavis") else None, mix=stream))
             pf.start()
             got = pf.postconf("smtpd_milters")["smtpd_milters"]
             if got != want:
@@ -658,30 +711,91 @@ class Bench:
     def check_alive_clamd(self) -> None:
         if self.clamd and (self.clamd.proc is None or self.clamd.proc.poll() is not None):
             raise RunFailed(f"clamd died:\n{self.clamd.log_text()[-2000:]}")
+        if self.spamd and (self.spamd.proc is None or self.spamd.proc.poll() is not None):
+            raise RunFailed(f"spamd died:\n{self.spamd.log_text()[-2000:]}")
+
+    def alone(self, v: Variant):
+        """The per-message `send` of a variant without Postfix (clamd or spamd alone)."""
+        if v.key == "clamd":
+            return virus.ScanAlone(self.clamd.socket_spec("unix"), self.mix)
+        return spam.SpamdAlone(self.spamd.socket_spec("unix"))
+
+    def spamd_results(self, at_least: int, exactly: bool) -> list:
+        """spamd's "result:" lines once the phase's are all logged (spamd logs each after its
+        answer): at least `at_least`, then no new one for 0.5 s (exactly: no more wait)."""
+        deadline = time.monotonic() + 10.0
+        got = spam.results(self.spamd)
+        while time.monotonic() < deadline:
+            if len(got) >= at_least and exactly:
+                return got
+            time.sleep(0.5)
+            now = spam.results(self.spamd)
+            if len(got) >= at_least and len(now) == len(got):
+                return now
+            got = now
+        return got
+
+    def check_spam(self, v: Variant, n: int, seed: int, scans_before: int, log_before: int) -> tuple[int, int, int]:
+        """Spam profile, after a phase: (spamd's checks in the phase, GTUBE messages, repeats).
+        spamd must have checked every message (spamd alone, pymavis with the cache off) or at
+        least every message that is not a repeat (cache on); pymavis must log no failed spam
+        check and exactly the phase's GTUBE messages as SPAM by the GTUBE rule."""
+        mix = v.mix or self.mix
+        gtube = mix.gtube_count(n, seed, self.msg_no - n)
+        repeats = mix.repeats(n) if hasattr(mix, "repeats") else 0
+        cache_on = v.key == "pymavis-mirv"
+        results = self.spamd_results(n - repeats if cache_on else n, exactly=not cache_on)
+        new = results[scans_before:]
+        scans = len(new)
+        if (scans < n - repeats or scans > n) if cache_on else scans != n:
+            raise RunFailed(f"{v.key}: spamd checked {scans} messages in a phase of {n}"
+                            + (f" ({repeats} of them repeats, which the cache may answer)" if cache_on else "")
+                            + f"; spamd log tail:\n{self.spamd.log_text()[-1500:]}")
+        if not cache_on:
+            flagged = sum(1 for _, _, tests in new if "GTUBE" in tests.split(","))
+            if flagged != gtube:
+                raise RunFailed(f"{v.key}: spamd found GTUBE in {flagged} messages; the phase sent {gtube}")
+        if v.pymavis_log:
+            text = v.pymavis_log.log_text()[log_before:]
+            failed = text.count("SPAM CHECK FAILED")
+            if failed:
+                raise RunFailed(f"{v.key}: pymavis logged SPAM CHECK FAILED {failed} times:\n"
+                                + "\n".join(line for line in text.splitlines() if "SPAM CHECK FAILED" in line)[-2000:])
+            found = len(re.findall(r"(?m): SPAM \(spam\) for .*tests=\[[^]]*\bGTUBE\b", text))
+            if found != gtube:
+                raise RunFailed(f"{v.key}: pymavis logged {found} messages as SPAM by GTUBE; the phase sent "
+                                f"{gtube}:\n{v.pymavis_log.log_tail()}")
+        return scans, gtube, repeats
 
     def run_python(self, v: Variant, n: int, rep: int, seed: int) -> Phase:
-        """One phase: bench/sender.py through v's Postfix or, for clamd alone, its scans."""
+        """One phase: bench/sender.py through v's Postfix or, for clamd or spamd alone, its
+        requests."""
         self.check_alive()
         self.check_alive_clamd()
+        mix = v.mix or self.mix
         pid = v.milter.pid if v.milter else None
         passed_before, viruses_before = self.passed_lines(v), self.virus_lines(v)
+        log_before = len(v.pymavis_log.log_text()) if v.pymavis_log else 0
+        scans_before = len(spam.results(self.spamd)) if self.spamd else 0
         if pid:
             self.lifetime_peak_mb[v.key] = max(self.lifetime_peak_mb.get(v.key, 0.0),
                                                proc_status_kb(pid, "VmHWM") / 1024)
             reset_peak_rss(pid)
             cpu0 = proc_cpu_s(pid)
         clamd_cpu0 = proc_cpu_s(self.clamd.proc.pid) if self.clamd else 0.0
+        spamd_cpu0 = spam.spamd_cpu_s(self.spamd.proc.pid) if self.spamd else 0.0
         window = CpuWindow(self.master_sessions())
         if v.postfix is None:
-            result = sender.run_load(virus.ScanAlone(self.clamd.socket_spec("unix"), self.mix), n,
-                                     self.args.concurrency, mix=self.mix, seed=seed, first_msg_no=self.msg_no,
-                                     workers=self.args.sender_workers, phase_timeout_s=self.phase_timeout(n))
+            result = sender.run_load(self.alone(v), n, self.args.concurrency, mix=mix, seed=seed,
+                                     first_msg_no=self.msg_no, workers=self.args.sender_workers,
+                                     phase_timeout_s=self.phase_timeout(n))
         else:
-            result = sender.run_phase(LOOPBACK, v.port, n, self.args.concurrency, mix=self.mix, seed=seed,
+            result = sender.run_phase(LOOPBACK, v.port, n, self.args.concurrency, mix=mix, seed=seed,
                                       first_msg_no=self.msg_no, workers=self.args.sender_workers,
                                       io_timeout_s=IO_TIMEOUT_S, phase_timeout_s=self.phase_timeout(n))
         window.stop()
         clamd_cpu = proc_cpu_s(self.clamd.proc.pid) - clamd_cpu0 if self.clamd else None
+        spamd_cpu = spam.spamd_cpu_s(self.spamd.proc.pid) - spamd_cpu0 if self.spamd else None
         self.msg_no += n
         if pid:
             cpu = proc_cpu_s(pid) - cpu0
@@ -701,9 +815,12 @@ class Bench:
         drain_s = time.monotonic() - last
         infected = self.infected_in(n, seed)
         self.check_passed(v, passed_before, n, viruses_before, infected)
+        scans = gtube = repeats = None
+        if self.spamd:
+            scans, gtube, repeats = self.check_spam(v, n, seed, scans_before, log_before)
         lat = sorted((r.end - r.start) * 1000 for r in result.records)
         by_size = {}
-        for c, (label, _) in enumerate(self.mix.classes):
+        for c, (label, _) in enumerate(mix.classes):
             xs = sorted((r.end - r.start) * 1000 for r in result.records if r.class_idx == c)
             if xs:
                 by_size[label] = round(percentile(xs, 0.5), 1)
@@ -721,6 +838,8 @@ class Bench:
             other_load_pct=window.other_pct,
             clamd_cpu_ms_per_msg=clamd_cpu * 1000 / n if clamd_cpu is not None else None,
             infected=infected,
+            spamd_cpu_ms_per_msg=spamd_cpu * 1000 / n if spamd_cpu is not None else None,
+            spamd_scans=scans, gtube=gtube or 0, repeats=repeats or 0,
         )
 
     def run_smtp_source(self, v: Variant, n: int, rep: int) -> Phase:
@@ -768,10 +887,11 @@ class Bench:
     def run(self) -> list[Phase]:
         a = self.args
         phases: list[Phase] = []
-        if a.warmup:
+        warmup = warmup_of(a, self.profile)
+        if warmup:
             for v in self.variants:
-                log(f"{self.profile.name}: warm-up: {v.title}: {a.warmup} messages")
-                self.run_python(v, a.warmup, rep=-1, seed=0)
+                log(f"{self.profile.name}: warm-up: {v.title}: {warmup} messages")
+                self.run_python(v, warmup, rep=-1, seed=0)
         smtp_source_keys = {"none": (), "postfix": ("postfix",),
                             "all": ("postfix", "null", "pymavis")}[a.smtp_source]
         if not self.profile.smtp_source:
@@ -814,11 +934,17 @@ def medians(phases: list[Phase], variant: str, sender_name: str = "python") -> d
     out = {}
     for key in ("msgs_per_s", "p50_ms", "p90_ms", "p99_ms", "max_ms", "milter_cpu_ms_per_msg",
                 "milter_peak_rss_mb", "machine_cpu_ms_per_msg", "machine_busy_pct",
-                "sender_cpu_ms_per_msg", "drain_s", "clamd_cpu_ms_per_msg"):
+                "sender_cpu_ms_per_msg", "drain_s", "clamd_cpu_ms_per_msg", "spamd_cpu_ms_per_msg",
+                "spamd_scans"):
         values = [getattr(p, key) for p in rows if getattr(p, key) is not None]
         out[key] = statistics.median(values) if values else None
     out["reps"] = len(rows)
     return out
+
+
+def warmup_of(args, profile: Profile) -> int:
+    """Warm-up messages per variant: --warmup, else the profile's."""
+    return profile.warmup if args.warmup is None else args.warmup
 
 
 def fmt(value, spec="{:.1f}") -> str:
@@ -846,10 +972,12 @@ def main_table(phases: list[Phase], titles: dict[str, str],
 
 def detail_table(phases: list[Phase], titles: dict[str, str]) -> list[str]:
     clamd = any(p.clamd_cpu_ms_per_msg is not None for p in phases)
+    spamd = any(p.spamd_cpu_ms_per_msg is not None for p in phases)
     lines = ["| rep | variant | sender | msg/s | p50 ms | p90 ms | p99 ms | max ms | p50 by class ms "
              "| milter CPU ms/msg | milter peak RSS MB | " + ("clamd CPU ms/msg | " if clamd else "")
+             + ("spamd CPU ms/msg | spamd checks | " if spamd else "")
              + "machine CPU ms/msg | machine busy % | sender CPU ms/msg | other load % | drain s |",
-             "|---" * (17 if clamd else 16) + "|"]
+             "|---" * (16 + clamd + 2 * spamd) + "|"]
     for p in phases:
         sizes = ", ".join(f"{k}: {v}" for k, v in p.p50_by_size_ms.items()) or "n/a"
         lines.append(
@@ -857,6 +985,7 @@ def detail_table(phases: list[Phase], titles: dict[str, str]) -> list[str]:
             f"| {fmt(p.p90_ms)} | {fmt(p.p99_ms)} | {fmt(p.max_ms)} | {sizes} "
             f"| {fmt(p.milter_cpu_ms_per_msg, '{:.2f}')} | {fmt(p.milter_peak_rss_mb)} "
             + (f"| {fmt(p.clamd_cpu_ms_per_msg, '{:.2f}')} " if clamd else "")
+            + (f"| {fmt(p.spamd_cpu_ms_per_msg, '{:.1f}')} | {fmt(p.spamd_scans, '{:d}')} " if spamd else "")
             + f"| {p.machine_cpu_ms_per_msg:.2f} | {p.machine_busy_pct:.0f} "
             f"| {fmt(p.sender_cpu_ms_per_msg, '{:.2f}')} | {p.other_load_pct:.0f} | {p.drain_s:.1f} |")
     return lines
@@ -875,6 +1004,7 @@ class ProfileRun:
     mix: object
     decode_cost: dict | None = None     # bench/decode_cost.py's JSON (decode profile)
     clamd: dict | None = None           # virus profile: clamd's version, settings, screened corpus
+    spamd: dict | None = None           # spam profile: spamd's version, settings, cost by class
 
     @property
     def titles(self) -> dict[str, str]:
@@ -993,7 +1123,7 @@ def render_pass_through(args, run: ProfileRun) -> tuple[list[str], bool, list[st
         f"### {run.profile.title}",
         "",
         f"- Parameters: {run.messages} messages per phase, concurrency {args.concurrency}, "
-        f"{args.reps} repetitions (interleaved, order rotated), warm-up {args.warmup} messages per "
+        f"{args.reps} repetitions (interleaved, order rotated), warm-up {warmup_of(args, run.profile)} messages per "
         f"variant, size mix {mix} (seeded shuffle), one recipient, one message per connection; "
         f"sender bench/sender.py ({args.sender_workers or os.cpu_count()} processes); "
         f"baseline null milter = tests/harness/nullmilter.py --no-headers; pymavis with the shipped "
@@ -1033,7 +1163,7 @@ def render_decode(args, run: ProfileRun, pass_through: ProfileRun | None) -> tup
         f"### {run.profile.title}",
         "",
         f"- Parameters: {run.messages} messages per phase, concurrency {args.concurrency}, "
-        f"{args.reps} repetitions (interleaved, order rotated), warm-up {args.warmup} messages per "
+        f"{args.reps} repetitions (interleaved, order rotated), warm-up {warmup_of(args, run.profile)} messages per "
         f"variant; mix {classes} (bench/messages.py, generated at run time, seeded shuffle); "
         f"one recipient, one message per connection; sender bench/sender.py "
         f"({args.sender_workers or os.cpu_count()} processes)",
@@ -1162,8 +1292,8 @@ def render_virus(args, run: ProfileRun, decode: ProfileRun | None = None) -> tup
         f"### {run.profile.title}",
         "",
         f"- Parameters: {run.messages} messages per phase, concurrency {args.concurrency}, {args.reps} "
-        f"repetitions (interleaved, order rotated), warm-up {args.warmup} messages per variant; mix {classes} "
-        f"(bench/messages.py VIRUS_MIX, generated at run time, seeded shuffle): {infected_share}% infected "
+        f"repetitions (interleaved, order rotated), warm-up {warmup_of(args, run.profile)} messages per variant; "
+        f"mix {classes} (bench/messages.py VIRUS_MIX, generated at run time, seeded shuffle): {infected_share}% infected "
         f"({', '.join(str(n) for n in per_phase)} messages per phase); one recipient, one message per "
         f"connection; sender bench/sender.py ({args.sender_workers or cores} processes)",
         f"- Corpus share: {len(mix.corpus)} messages of /work/shared/corpus (bench/messages.py's selection"
@@ -1217,6 +1347,165 @@ def render_virus(args, run: ProfileRun, decode: ProfileRun | None = None) -> tup
     return out, ok, warnings
 
 
+def spam_verdicts(args, run: ProfileRun) -> tuple[list[str], bool, list[str]]:
+    """Spam profile: pymavis + spamd against spamd alone on the same stream (cache off;
+    MIRV stream, cache on), medians of the same run; pymavis' peak RSS."""
+    med = {k: medians(run.phases, k) for k in run.titles}
+    lines, ok = [], True
+    for key, base, target, what in (
+            ("pymavis-spamd", "spamd", TARGET_SPAM_RATIO, "pymavis + spamd (cache off)"),
+            ("pymavis-mirv", "spamd-mirv", TARGET_MIRV_RATIO, "pymavis + spamd (cache on), MIRV stream")):
+        a, b = med[key]["msgs_per_s"], med[base]["msgs_per_s"]
+        r = a / b
+        met = r >= target
+        ok &= met
+        lines.append(f"- {what} {a:.2f} msg/s = {r:.2f} x spamd alone on the same stream ({b:.2f} msg/s) "
+                     f"{'>=' if met else '<'} target {target:.2f} x: {'met' if met else 'MISSED'}"
+                     + (f" (amavisd-new with embedded SpamAssassin: about {AMAVIS_SPAM_RATIO:.1f} x spamd alone "
+                        "on this kind of machine, per the issue; not measured here)" if key == "pymavis-spamd" else ""))
+    peak = max(run.peak_rss_mb("pymavis-spamd"), run.peak_rss_mb("pymavis-mirv"))
+    met = peak <= TARGET_SPAM_RSS_MB
+    ok &= met
+    lines.append(f"- pymavis peak RSS {peak:.1f} MB (highest of both pymavis variants, warm-up included; spamd not "
+                 f"counted) {'<=' if met else '>'} target {TARGET_SPAM_RSS_MB:.0f} MB at concurrency "
+                 f"{TARGET_SPAM_CONCURRENCY}: {'met' if met else 'MISSED'}"
+                 + ("" if args.concurrency == TARGET_SPAM_CONCURRENCY else
+                    f" (NOTE: this run used concurrency {args.concurrency})"))
+    warnings = disturbed_warning(run.phases)
+    return lines, ok, warnings
+
+
+def spamd_cost_table(cost: list[dict]) -> list[str]:
+    mean = sum(r["share"] * r["spamd_cpu_ms"] for r in cost) / 100
+    lines = ["| class | share % | bytes spamd gets (mean) | requests | spamd CPU ms/msg | wall ms/msg | score "
+             "| part of the mix's spamd CPU |", "|---" * 8 + "|"]
+    for r in cost:
+        part = r["share"] * r["spamd_cpu_ms"] / 100
+        score = (f"{r['score_min']:g}" if r["score_min"] == r["score_max"]
+                 else f"{r['score_min']:g} .. {r['score_max']:g}")
+        lines.append(f"| {r['class']} | {r['share']} | {r['bytes']:,} | {r['n']} | {r['spamd_cpu_ms']:.0f} "
+                     f"| {r['wall_ms']:.0f} | {score} | {part:.0f} ms ({100 * part / mean if mean else 0:.0f}%) |")
+    lines.append(f"| mix (weighted by share) | 100 | | | {mean:.0f} | | | {mean:.0f} ms |")
+    return lines
+
+
+def mirv_ceiling(med: dict, cores: int) -> str:
+    """The MIRV stream's ceiling on these cores with a perfect cache: spamd checks only the
+    (1 - share) new messages (at spamd alone's CPU per message on that stream), and every
+    message still costs what pymavis, Postfix, the sink and the sender cost besides spamd
+    (cache off, machine CPU minus spamd's)."""
+    off, base = med["pymavis-spamd"], med["spamd-mirv"]
+    if not (off["spamd_cpu_ms_per_msg"] and base["spamd_cpu_ms_per_msg"]):
+        return ""
+    rest = off["machine_cpu_ms_per_msg"] - off["spamd_cpu_ms_per_msg"]
+    ms = (1 - spam.MIRV_SHARE / 100) * base["spamd_cpu_ms_per_msg"] + rest
+    rate = cores * 1000 / ms
+    return (f"On {cores} shared cores the ceiling is lower: {1 - spam.MIRV_SHARE / 100:.2f} x spamd "
+            f"{base['spamd_cpu_ms_per_msg']:.0f} ms + {rest:.0f} ms for everything else per message = {ms:.0f} ms, "
+            f"at most {rate:.2f} msg/s = {rate / base['msgs_per_s']:.2f} x spamd alone on the MIRV stream, "
+            "even if the cache answered every repeat for free.")
+
+
+def render_spam(args, run: ProfileRun) -> tuple[list[str], bool, list[str]]:
+    phases, titles, mix, info = run.phases, run.titles, run.mix, run.spamd
+    target_lines, ok, warnings = spam_verdicts(args, run)
+    med = {k: medians(phases, k) for k in titles}
+    base_of = {"spamd": "spamd", "pymavis-spamd": "spamd", "spamd-mirv": "spamd-mirv", "pymavis-mirv": "spamd-mirv"}
+    measured = [p for p in phases if p.rep >= 0]
+    gtube = sorted({p.gtube for p in measured})
+    repeats = sorted({p.repeats for p in measured if p.variant.endswith("-mirv")})
+    rows = ["| variant | msg/s | x spamd alone, same stream | x spamd alone | p50 ms | p99 ms | pymavis CPU ms/msg "
+            "| spamd CPU ms/msg | spamd checks per phase | machine CPU ms/msg | machine busy % | pymavis peak RSS MB |",
+            "|---" * 12 + "|"]
+    for key, title in titles.items():
+        m = med[key]
+        rows.append(f"| {title} | {m['msgs_per_s']:.2f} | {ratio(m['msgs_per_s'], med[base_of[key]]['msgs_per_s'])} "
+                    f"| {ratio(m['msgs_per_s'], med['spamd']['msgs_per_s'])} | {fmt(m['p50_ms'])} | {fmt(m['p99_ms'])} "
+                    f"| {fmt(m['milter_cpu_ms_per_msg'], '{:.2f}')} | {fmt(m['spamd_cpu_ms_per_msg'], '{:.0f}')} "
+                    f"| {fmt(m['spamd_scans'], '{:.0f}')} of {run.messages} | {m['machine_cpu_ms_per_msg']:.0f} "
+                    f"| {m['machine_busy_pct']:.0f} | "
+                    + (f"{run.peak_rss_mb(key):.1f}" if key.startswith("pymavis") else "n/a") + " |")
+
+    def per_rep(key: str, base: str) -> str:
+        out = []
+        for rep in sorted({p.rep for p in measured}):
+            a = [p.msgs_per_s for p in measured if p.rep == rep and p.variant == key]
+            b = [p.msgs_per_s for p in measured if p.rep == rep and p.variant == base]
+            if a and b:
+                out.append(f"{a[0] / b[0]:.2f}")
+        return ", ".join(out)
+
+    def split(m: dict) -> str:
+        rest = m["machine_cpu_ms_per_msg"] - (m["milter_cpu_ms_per_msg"] or 0) - (m["spamd_cpu_ms_per_msg"] or 0)
+        return (f"machine {m['machine_cpu_ms_per_msg']:.0f} = spamd {fmt(m['spamd_cpu_ms_per_msg'], '{:.0f}')} + pymavis "
+                f"{fmt(m['milter_cpu_ms_per_msg'], '{:.1f}')} + the rest {rest:.1f}")
+
+    hits = [p.messages - p.spamd_scans for p in measured if p.variant == "pymavis-mirv" and p.spamd_scans is not None]
+    cores = os.cpu_count() or 1
+    passed = "; ".join(f"{titles[k]}: " + ", ".join(f"{c} {n}" for c, n in counts.items())
+                       for k, counts in run.passed.items() if counts)
+    classes = ", ".join(f"{c.share}% {c.label}" for c in mix.mix)
+    pools = info["pools"]
+    out = [
+        f"### {run.profile.title}",
+        "",
+        f"- Parameters: {run.messages} messages per phase, concurrency {args.concurrency}, {args.reps} repetitions "
+        f"(interleaved, order rotated), warm-up {warmup_of(args, run.profile)} messages per variant; mix {classes} "
+        f"(bench/messages.py SPAM_MIX, generated at run time, seeded shuffle; {', '.join(map(str, gtube))} GTUBE messages per phase); "
+        f"the MIRV stream: the same with {spam.MIRV_SHARE}% of the messages ({', '.join(map(str, repeats))} per phase) "
+        f"repeating an earlier message of the phase byte for byte, at least {spam.REPEAT_GAP} messages later, to "
+        f"another recipient (bench/spam.py MirvMix); one recipient, one message per connection; sender "
+        f"bench/sender.py ({args.sender_workers or cores} processes)",
+        f"- Corpus shares (read in place, each message with a unique `X-Bench-Msg:` field on top): corpus "
+        f"{pools.get('corpus', 0)} messages of /work/shared/corpus (bench/messages.py's selection), spam "
+        f"{pools.get('spam', 0)} and ham {pools.get('ham', 0)} of SpamAssassin's t/data (messages.sa_corpus; ham "
+        "includes the package's sample-nonspam.txt); GTUBE = sample-spam.txt's body with our headers",
+        f"- spamd: {info['version']}, Debian's rules, no network tests, one for the profile (tests/harness/spamd.py, "
+        f"started in {info['startup_s']:.1f} s), reached on its unix socket; `{info['args']}`"
+        + (f" (bench/spam.py SPAMD_ARGS: {' '.join(info['extra_args'])})" if info["extra_args"] else
+           " (the harness's command line, unchanged)"),
+        "- Variants: spamd alone = our SpamdClient (milter/pymavis/spamd.py) asking SYMBOLS with the bytes pymavis "
+        "gives spamd (envelope lines on top, X-Spam-* removed, cut at 400 KiB) from bench/sender.py's worker "
+        "processes and threads at the same concurrency, no Postfix; pymavis = the shipped policies/ plus "
+        f"`spam_scanners: {info['scanners_example']}`, " + ", ".join(f"`{k}: {v}`" for k, v in spam.POLICY.items())
+        + f" and `spam_cache: {spam.cache_yaml(0)}` (cache off: every message goes to spamd) or "
+        f"`{spam.cache_yaml(spam.CACHE_TTL_S)}` (cache on, as shipped)",
+        f"- Run time: {run.duration_s / 60:.1f} min",
+        "",
+        "spamd's CPU per message by class, one request at a time before the phases (bench/spam.py spamd_cost, "
+        "SYMBOLS, spamd's master and children from /proc):",
+        "",
+        *spamd_cost_table(info["cost"]),
+        "",
+        f"Medians of {args.reps} repetitions, same run; for spamd alone latency is one SYMBOLS request "
+        "(connect to answer), machine CPU includes the client:",
+        "",
+        *rows,
+        "",
+        f"- pymavis + spamd (cache off) / spamd alone per repetition: {per_rep('pymavis-spamd', 'spamd')}; "
+        f"MIRV stream, pymavis with the cache / spamd alone: {per_rep('pymavis-mirv', 'spamd-mirv')}.",
+        f"- Cache (MIRV stream, cache on): spamd checked "
+        f"{', '.join(str(p.spamd_scans) for p in measured if p.variant == 'pymavis-mirv')} "
+        f"of {run.messages} messages per phase (spamd's \"result:\" lines), so the cache answered "
+        f"{', '.join(map(str, hits))} of the {', '.join(map(str, repeats))} repeats; the best any cache can do "
+        f"here is 1 / (1 - {spam.MIRV_SHARE / 100:.2f}) = {1 / (1 - spam.MIRV_SHARE / 100):.2f} x spamd alone "
+        "if spamd were the only cost. " + mirv_ceiling(med, cores),
+        f"- CPU per message, ms (medians): spamd alone: spamd {fmt(med['spamd']['spamd_cpu_ms_per_msg'], '{:.0f}')} + "
+        f"client {fmt(med['spamd']['sender_cpu_ms_per_msg'], '{:.2f}')} (machine "
+        f"{med['spamd']['machine_cpu_ms_per_msg']:.0f}); + pymavis + spamd, cache off: {split(med['pymavis-spamd'])} "
+        f"(Postfix, sink, sender); MIRV, spamd alone: machine {med['spamd-mirv']['machine_cpu_ms_per_msg']:.0f}; "
+        f"MIRV, pymavis with the cache: {split(med['pymavis-mirv'])}. {cores} cores at "
+        f"{med['pymavis-spamd']['machine_cpu_ms_per_msg']:.0f} ms per message allow at most "
+        f"{cores * 1000 / med['pymavis-spamd']['machine_cpu_ms_per_msg']:.2f} msg/s with pymavis and spamd.",
+        f"- Messages passed by content category (whole run, warm-up included): {passed}.",
+        "",
+        "Targets:",
+        "",
+        *target_lines,
+    ]
+    return out, ok, warnings
+
+
 def render(args, info: dict, runs: dict[str, ProfileRun], duration_s: float, command: str) -> tuple[str, bool]:
     warnings: list[str] = []
     if float(info["background"].split("%")[0]) > BACKGROUND_WARN_PCT:
@@ -1243,6 +1532,8 @@ def render(args, info: dict, runs: dict[str, ProfileRun], duration_s: float, com
             lines, met, warn = render_decode(args, run, runs.get("pass-through"))
         elif name == "virus":
             lines, met, warn = render_virus(args, run, runs.get("decode"))
+        elif name == "spam":
+            lines, met, warn = render_spam(args, run)
         else:
             lines, met, warn = render_pass_through(args, run)
         ok &= met
@@ -1263,10 +1554,12 @@ with the null pymilter milter (the baseline) and Postfix with pymavis in its shi
 configuration. Decode: realistic mail with attachments through the null milter and pymavis
 with decoding off and on, plus the CPU of decoding itself per message, in process. Virus:
 the same mail with 3% infected through Postfix alone, the null milter and pymavis with
-clamd (zFILDES and zINSTREAM), and clamd alone scanning the same messages. Variants
+clamd (zFILDES and zINSTREAM), and clamd alone scanning the same messages. Spam: the same
+kind of mail with SpamAssassin's spam and ham through pymavis with spamd, against spamd
+alone, also on a stream where 30% of the messages repeat (pymavis' verdict cache). Variants
 are measured in the same run, interleaved; figures are medians of the repetitions, ratios
 are against the null milter of the same run (decode: also pymavis with decoding off; virus:
-also Postfix alone and clamd alone). Latency is one
+also Postfix alone and clamd alone; spam: spamd alone). Latency is one
 SMTP transaction as the client sees it (connect to the reply after the final dot); milter
 CPU is the milter process's utime+stime per message; peak RSS is the milter process's VmHWM.
 
@@ -1281,13 +1574,13 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--profile", choices=("all", *PROFILES), default="all",
-                   help="which profile to run (default: all, i.e. pass-through, decode, virus)")
+                   help="which profile to run (default: all, i.e. pass-through, decode, virus, spam)")
     p.add_argument("--messages", type=int, default=None,
-                   help="messages per phase (default: pass-through and decode 2000, virus 1000)")
+                   help="messages per phase (default: pass-through and decode 2000, virus 1500, spam 200)")
     p.add_argument("--concurrency", type=int, default=20, help="SMTP sessions in parallel (default 20)")
     p.add_argument("--reps", type=int, default=3, help="repetitions, each running every variant (default 3)")
     p.add_argument("--warmup", type=int, default=None,
-                   help="unmeasured messages per variant before the first repetition (default 200)")
+                   help="unmeasured messages per variant before the first repetition (default 200; spam 40)")
     p.add_argument("--quick", action="store_true",
                    help="smoke run: 150 messages, concurrency 10, 1 repetition, warm-up 20, "
                         "decode_cost.py --quick; no docs")
@@ -1313,8 +1606,7 @@ def parse_args(argv=None):
         args.messages, args.concurrency, args.reps = 150, 10, 1
         args.warmup = 20 if args.warmup is None else args.warmup
         args.no_docs = True
-    if args.warmup is None:
-        args.warmup = 200
+    # --warmup unset: the profile's (Profile.warmup)
     for name in ("messages", "concurrency", "reps"):
         if getattr(args, name) is not None and getattr(args, name) < 1:
             p.error(f"--{name} must be at least 1")
@@ -1381,9 +1673,38 @@ def virus_mix(args, clamd) -> tuple[messages.DecodeMix, dict]:
                  "scanners_example": virus.scanners_yaml("unix:/path/clamd.sock", "fildes")}
 
 
+def start_spam_spamd(workdir: Path):
+    """The spam profile's spamd (started; the caller stops it)."""
+    log("spam: starting spamd")
+    spamd_dir = workdir / "spamd"
+    spamd_dir.mkdir(parents=True, mode=0o755)
+    try:
+        return spam.start_spamd(spamd_dir)
+    except (RuntimeError, TimeoutError, OSError) as e:
+        raise RunFailed(f"spamd did not start: {e}") from None
+
+
+def spam_mix(args, spamd) -> tuple["spam.SpamMix", dict]:
+    """The spam profile's mix and what the report says about spamd, with its CPU per
+    message by class (spam.spamd_cost)."""
+    mix = spam.SpamMix(seed=args.seed)
+    client = spam.SpamdClient(spamd.socket_spec("unix"), timeout=spam.SPAMD_TIMEOUT_S)
+    try:
+        client.ping()
+        log("spam: spamd's CPU per message by class, one request at a time")
+        cost = spam.spamd_cost(client, spamd.proc.pid, mix, *((2, 3) if args.quick else ()))
+    except (spam.SpamdError, OSError, ValueError) as e:
+        raise RunFailed(f"spamd: {e}\n{spamd.log_text()[-2000:]}") from None
+    version = subprocess.run([spam.SPAMD, "--version"], capture_output=True, text=True).stdout.splitlines()
+    return mix, {"version": version[0] if version else "unknown", "args": " ".join(spamd.command()[4:]),
+                 "extra_args": list(spam.SPAMD_ARGS), "startup_s": spamd.startup_s, "cost": cost,
+                 "pools": {k: len(v) for k, v in mix.pools.items()},
+                 "scanners_example": spam.scanners_yaml("unix:/path/spamd.sock")}
+
+
 def run_profile(args, workdir: Path, profile: Profile) -> ProfileRun:
     started = time.monotonic()
-    decode_cost = clamd = clamd_info = bench = None
+    decode_cost = clamd = clamd_info = spamd = spamd_info = bench = None
     try:
         if profile is DECODE:
             decode_cost = run_decode_cost(args, workdir)
@@ -1393,10 +1714,13 @@ def run_profile(args, workdir: Path, profile: Profile) -> ProfileRun:
         elif profile is VIRUS:
             clamd = start_virus_clamd(args, workdir / profile.name)
             mix, clamd_info = virus_mix(args, clamd)
+        elif profile is SPAM:
+            spamd = start_spam_spamd(workdir / profile.name)
+            mix, spamd_info = spam_mix(args, spamd)
         else:
             mix = sender.SizeMix(seed=1)
         n = args.messages or profile.messages
-        bench = Bench(args, workdir / profile.name, profile, mix, n, clamd=clamd)
+        bench = Bench(args, workdir / profile.name, profile, mix, n, clamd=clamd, spamd=spamd)
         log(f"{profile.name}: setting up in {bench.workdir}")
         bench.setup()
         phases = bench.run()
@@ -1410,8 +1734,13 @@ def run_profile(args, workdir: Path, profile: Profile) -> ProfileRun:
                 clamd.stop()
             except AssertionError as e:   # the harness's "did not exit after SIGTERM" (then killed)
                 print(f"bench: {e}", file=sys.stderr)
+        if spamd is not None:
+            try:
+                spamd.stop()
+            except (AssertionError, subprocess.TimeoutExpired) as e:
+                print(f"bench: stopping spamd: {e}", file=sys.stderr)
     return ProfileRun(profile, n, phases, bench.lifetime_peak_mb, passed, time.monotonic() - started,
-                      mix, decode_cost, clamd_info)
+                      mix, decode_cost, clamd_info, spamd_info)
 
 
 def main(argv=None) -> int:
@@ -1477,7 +1806,8 @@ def main(argv=None) -> int:
             "machine": info, "args": vars(args),
             "profiles": {name: {"messages": r.messages, "phases": [asdict(p) for p in r.phases],
                                 "peak_rss_mb": {k: r.peak_rss_mb(k) for k in r.lifetime_peak_mb},
-                                "passed": r.passed, "decode_cost": r.decode_cost, "clamd": r.clamd}
+                                "passed": r.passed, "decode_cost": r.decode_cost, "clamd": r.clamd,
+                                "spamd": r.spamd}
                          for name, r in runs.items()}}, indent=1))
     return 0 if ok else 3
 

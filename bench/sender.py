@@ -42,8 +42,10 @@ failed transaction fails the run).
 
 Other loads: `run_load(send, ...)` drives any per-message `send(class_idx, mail_from, rcpt,
 data) -> (start, end)` the same way (same plan, processes, threads, counter and records);
-bench/virus.py uses it to scan the same messages with clamd alone. A `send` reports a
-failure by raising TransactionFailed (SMTPFailure is one) or OSError.
+bench/virus.py uses it to scan the same messages with clamd alone, bench/spam.py to ask
+spamd alone. A `send` reports a failure by raising TransactionFailed (SMTPFailure is one)
+or OSError. A mix with a `plan(n, seed, first_msg_no)` method gives the class order itself
+(bench/spam.py's MirvMix: 30% of the messages repeat an earlier one).
 """
 
 from __future__ import annotations
@@ -115,10 +117,13 @@ def _b64_lines(rng: random.Random, nbytes: int) -> bytes:
 
 
 def _headers(rng: random.Random, idx: int, msg_no: int, mail_from: str, rcpt: str,
-             subject: str, content_type: str) -> bytes:
+             subject: str, content_type: str, date: str | None = None) -> bytes:
+    """The header section; `date` (Date and the Received lines) defaults to now. A fixed
+    date makes the bytes a function of the arguments and the rng's state alone (the spam
+    profile's MIRV stream repeats a message by making it again)."""
     ip = f"198.51.100.{rng.randrange(1, 255)}"
     host = f"out{rng.randrange(1, 40)}.{SENDER_DOMAIN}"
-    date = formatdate(localtime=False)
+    date = date or formatdate(localtime=False)
     fields = [
         f"Received: from {host} ({host} [{ip}])\r\n\tby mx1.{RCPT_DOMAIN} (Postfix) with ESMTPS id 4Q{idx:08X}\r\n"
         f"\tfor <{rcpt}>; {date}",
@@ -348,7 +353,10 @@ def run_load(send, n: int, concurrency: int, *, mix, seed: int, first_msg_no: in
     """run_phase with any `send(class_idx, mail_from, rcpt, data) -> (start, end)` per
     message (see the module doc). The worker processes are forked: `send` and `mix` are
     inherited, not pickled."""
-    order = plan(n, seed, [share for _, share in mix.classes])
+    # A mix may make its own plan (the spam profile's MIRV stream: which messages repeat
+    # which, by message number); it is made here, before the workers fork, so they inherit it.
+    order = (mix.plan(n, seed, first_msg_no) if hasattr(mix, "plan")
+             else plan(n, seed, [share for _, share in mix.classes]))
     workers = max(1, min(concurrency, workers or os.cpu_count() or 2))
     shares = [concurrency // workers + (1 if w < concurrency % workers else 0) for w in range(workers)]
     ctx = mp.get_context("fork")
