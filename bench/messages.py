@@ -530,6 +530,12 @@ def smtp_data(raw: bytes) -> bytes:
     return data.replace(b"\r\n.", b"\r\n..")
 
 
+def unstuffed(data: bytes) -> bytes:
+    """SMTP DATA (dot-stuffed, CRLF) back to the message bytes Postfix hands the milter."""
+    data = data.replace(b"\r\n..", b"\r\n.")
+    return data[1:] if data.startswith(b"..") else data
+
+
 class DecodeMix:
     """What bench/sender.py sends in the decode profile (`mix` DECODE_MIX) and the virus
     profile (VIRUS_MIX): `classes` (label, share), `message(class_idx, msg_no)` and

@@ -125,18 +125,12 @@ def results(spamd: SpamdProcess) -> list[tuple[bool, int, str]]:
 # --- what spamd is given ----------------------------------------------------------------
 
 
-def unstuffed(data: bytes) -> bytes:
-    """SMTP DATA (dot-stuffed, CRLF) back to the message bytes Postfix hands the milter."""
-    data = data.replace(b"\r\n..", b"\r\n.")
-    return data[1:] if data.startswith(b"..") else data
-
-
 def payload(mail_from: str, data: bytes, queue_id: str) -> bytes:
     """What pymavis sends spamd for a message from bench/sender.py (checks/spam.py
     message_for_spamd and envelope_lines): Return-Path, X-Envelope-From and a Received line
     for the client (127.0.0.1, HELO sender.HELO_NAME) on top, the message without X-Spam-*
     fields, cut at the last line end within sa_mail_body_size_limit."""
-    msg = unstuffed(data)
+    msg = messages.unstuffed(data)
     if len(msg) > SA_MAIL_BODY_SIZE_LIMIT:
         msg = msg[:SA_MAIL_BODY_SIZE_LIMIT]
         cut = msg.rfind(b"\n")

@@ -86,12 +86,6 @@ def start_clamd(workdir: Path, *, cache: bool, largest_message: int) -> ClamdPro
     return clamd.start()   # the harness makes clamd die with us (PR_SET_PDEATHSIG)
 
 
-def unstuffed(data: bytes) -> bytes:
-    """SMTP DATA (dot-stuffed, CRLF) back to the message bytes Postfix hands the milter."""
-    data = data.replace(b"\r\n..", b"\r\n.")
-    return data[1:] if data.startswith(b"..") else data
-
-
 def unexpected(names: tuple[str, ...], virus: str | None) -> str | None:
     """What is wrong with a verdict for a message that must carry `virus` (None: none)."""
     if virus is not None:
@@ -104,7 +98,7 @@ def screen_corpus(client: ClamdClient, files: list[Path]) -> tuple[list[Path], l
     """(the corpus files clamd reports nothing in, "name: verdict" of those left out)."""
     kept, left_out = [], []
     for path in files:
-        reply = client.instream(unstuffed(messages.smtp_data(path.read_bytes())))
+        reply = client.instream(messages.unstuffed(messages.smtp_data(path.read_bytes())))
         problem = unexpected(reply.infected, None)
         if problem:
             left_out.append(f"{path.name}: {', '.join(reply.infected)}")
@@ -130,10 +124,10 @@ def clamd_cost(client: ClamdClient, pid: int, mix: messages.DecodeMix, reps: int
     rows = []
     for idx, cls in enumerate(mix.mix):
         if cls.size is None:
-            batch = [unstuffed(m) for m in mix.corpus]
+            batch = [messages.unstuffed(m) for m in mix.corpus]
         else:
             n = reps_big if cls.size >= messages.MB else reps
-            batch = [unstuffed(mix.message(idx, msg_no)[2]) for msg_no in range(n)]
+            batch = [messages.unstuffed(mix.message(idx, msg_no)[2]) for msg_no in range(n)]
         client.instream(batch[0])
         cpu0, t0 = proc_cpu_s(pid), time.monotonic()
         for data in batch:
@@ -158,7 +152,7 @@ class ScanAlone:
     def __call__(self, class_idx: int, mail_from: str, rcpt: str, data: bytes) -> tuple[float, float]:
         if self.client is None:
             self.client = ClamdClient(self.socket_spec, timeout=SCAN_TIMEOUT_S)
-        data = unstuffed(data)
+        data = messages.unstuffed(data)
         start = time.monotonic()
         try:
             reply = self.client.instream(data)

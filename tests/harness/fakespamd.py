@@ -25,8 +25,8 @@ READ_TIMEOUT_S = 5.0
 
 
 class FakeSpamd:
-    def __init__(self, reply: bytes):
-        self.reply = reply
+    def __init__(self, reply: bytes, delay: float = 0.0):
+        self.reply, self.delay = reply, delay     # delay: seconds between request and reply
         self.requests: list[bytes] = []
         self._listener: socket.socket | None = None
         self._thread: threading.Thread | None = None
@@ -77,6 +77,8 @@ class FakeSpamd:
                 while len(request) <= MAX_REQUEST_BYTES and (data := conn.recv(65536)):
                     request += data
                 self.requests.append(request)
+                if self.delay:
+                    self._stop.wait(self.delay)
                 conn.sendall(self.reply)
             except OSError:
                 pass    # the client went away: nothing to report

@@ -3,8 +3,11 @@ the test must see exactly what spamd was sent, or needs an exact score): categor
 destinies per recipient, lovers, X-Spam-* headers and subject tags, sender lists, address
 extensions, header groups, the size cap, the cache and the failure policy."""
 
+import concurrent.futures
 import os
 import textwrap
+import threading
+import time
 
 import pytest
 
@@ -14,6 +17,7 @@ from harness.net import closed_port
 from harness.spamd import GTUBE, SAMPLES
 from pymavis import pipeline
 from pymavis.categories import Ccat
+from pymavis.checks import spam
 from pymavis.config import load
 from pymavis.outcome import Action
 from pymavis.policy import merge
@@ -191,6 +195,39 @@ def test_cache_reuses_the_verdict_for_the_same_message(tmp_path):
         assert len(fake.requests) == 2
     assert not spam_view(first).verdict.cached and spam_view(second).verdict.cached
     assert spam_view(second).verdict.score == 9.0 and not spam_view(other).verdict.cached
+
+
+def test_copies_checked_at_the_same_time_share_one_spamd_call(tmp_path):
+    """A MIRV's copies arrive together: the second joins the call in flight for the first."""
+    with FakeSpamd(b"SPAMD/1.1 0 EX_OK\r\nSpam: True ; 9.0 / 5.0\r\n\r\nRULE_A", delay=1.0) as fake:
+        spec = f'spam_cache: {{ttl_s: 600}}\nspam_scanners: [{{name: s, socket: "{fake.socket_spec}"}}]\n'
+        dirs = [tmp_path / "a", tmp_path / "b"]
+        for d in dirs:
+            d.mkdir()
+        results = {}
+        first = threading.Thread(target=lambda: results.setdefault(
+            "a", run(dirs[0], gtube("in flight"), spec + policy(spam_lovers="true"))))
+        first.start()
+        deadline = time.monotonic() + 10
+        while not fake.requests and time.monotonic() < deadline:
+            time.sleep(0.01)
+        results["b"] = run(dirs[1], gtube("in flight"), spec + policy(spam_lovers="true"), rcpts=(ANN,))
+        first.join(10)
+        assert len(fake.requests) == 1
+    assert not spam_view(results["a"]).verdict.cached
+    assert spam_view(results["b"]).verdict.cached and spam_view(results["b"]).verdict.score == 9.0
+
+
+def test_a_copy_whose_leader_failed_asks_spamd_itself():
+    cache = spam.VerdictCache(600, 10)
+    leader, joined = cache.lead_or_join(b"k", concurrent.futures.Future)
+    assert not joined and cache.lead_or_join(b"k", concurrent.futures.Future) == (leader, True)
+    asked = []
+    follower = spam._follow(leader, lambda: asked.append(1) or (spam.Verdict(3.0, 5.0, ("R",), "s"), ""))
+    leader.set_exception(spam._AllFailed("down"))
+    verdict, _ = follower.result(5)
+    assert asked == [1] and verdict.score == 3.0 and not verdict.cached
+    assert cache.lead_or_join(b"k", concurrent.futures.Future)[1] is False   # the failed call is gone
 
 
 def test_bypass_for_everyone_does_not_ask_spamd(tmp_path):

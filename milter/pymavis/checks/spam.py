@@ -59,7 +59,7 @@ import hashlib
 import threading
 import time
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from email.utils import formatdate
 
 from pymavis import rawmsg, spamd
@@ -270,7 +270,8 @@ class VerdictCache:
         self.ttl_s, self.max_entries = ttl_s, max_entries
         self._items: OrderedDict[bytes, tuple[float, Verdict]] = OrderedDict()
         self._lock = threading.Lock()
-        self.hits = self.misses = 0
+        self._inflight: dict[bytes, concurrent.futures.Future] = {}
+        self.hits = self.misses = self.joined = 0
 
     def get(self, key: bytes) -> Verdict | None:
         if not self.ttl_s:
@@ -295,6 +296,25 @@ class VerdictCache:
             self._items.move_to_end(key)
             while len(self._items) > self.max_entries:
                 self._items.popitem(last=False)
+
+
+    def lead_or_join(self, key: bytes, submit) -> tuple[concurrent.futures.Future, bool]:
+        """(the call in flight for `key`, True) if another message with these bytes is being
+        checked right now (copies of a MIRV arrive together, before any verdict is in);
+        else (submit(), False), registered until it is done."""
+        with self._lock:
+            leader = self._inflight.get(key)
+            if leader is not None:
+                self.joined += 1
+                return leader, True
+            future = self._inflight[key] = submit()
+        future.add_done_callback(lambda _f: self._done(key, future))
+        return future, False
+
+    def _done(self, key: bytes, future) -> None:
+        with self._lock:
+            if self._inflight.get(key) is future:
+                del self._inflight[key]
 
 
 _CACHES: dict[tuple, VerdictCache] = {}
@@ -380,23 +400,58 @@ def _begin(scan) -> _Pending:
     """Read what spamd gets here, in the calling thread (the spool has one file position,
     and the walk or clamd read it next), and ask spamd on the pool."""
     pending = scan.spam_pending = _Pending()
-    done, job = _prepare(scan)
+    done, job, key = _prepare(scan)
     if done is not None:
         pending.future = concurrent.futures.Future()
         pending.future.set_result(done)
-    else:
+    elif scan.spam_cache is None or not scan.spam_cache.ttl_s:
         pending.future = _pool().submit(job)
+    else:
+        leader, joined = scan.spam_cache.lead_or_join(key, lambda: _pool().submit(job))
+        pending.future = _follow(leader, job) if joined else leader
     return pending
 
 
+def _follow(leader: concurrent.futures.Future, job) -> concurrent.futures.Future:
+    """The leader's verdict as a cached one once it is in; if the leader failed or was
+    dropped (its message needed no spam check after all), ask spamd ourselves."""
+    out: concurrent.futures.Future = concurrent.futures.Future()
+
+    def settle(result=None, exc=None) -> None:
+        try:
+            if exc is not None:
+                out.set_exception(exc)
+            else:
+                out.set_result(result)
+        except concurrent.futures.InvalidStateError:   # dropped by our own check (_cancel)
+            pass
+
+    def own(f) -> None:
+        if f.cancelled():
+            settle(exc=_AllFailed("spam check dropped"))
+        else:
+            settle(f.result() if f.exception() is None else None, f.exception())
+
+    def leader_done(f) -> None:
+        if not f.cancelled() and f.exception() is None:
+            verdict, note = f.result()
+            settle((replace(verdict, elapsed_ms=0.0, cached=True), note))
+        elif not out.cancelled():
+            _pool().submit(job).add_done_callback(own)
+
+    leader.add_done_callback(leader_done)
+    return out
+
+
 def _prepare(scan):
-    """(the answer when spamd need not be asked, None) or (None, the call to make)."""
+    """(the answer when spamd need not be asked, None, None) or (None, the call to make,
+    the cache key)."""
     txn, policy = scan.txn, scan.policy
     if getattr(txn.spool, "truncated", False):
-        return (None, f"not checked: message not stored whole ({txn.spool.size} bytes)"), None
+        return (None, f"not checked: message not stored whole ({txn.spool.size} bytes)"), None, None
     limit = policy.sa_mail_body_size_limit
     if limit and txn.spool.stored > limit and policy.sa_mail_body_size_action == "skip":
-        return (None, f"not checked: size {txn.spool.stored} > sa_mail_body_size_limit {limit}"), None
+        return (None, f"not checked: size {txn.spool.stored} > sa_mail_body_size_limit {limit}"), None, None
     data, truncated = message_for_spamd(txn.spool, limit, policy.remove_existing_spam_headers)
     note = f"truncated to {len(data)} bytes (sa_mail_body_size_limit {limit})" if truncated else ""
     key = cache_key(txn, data)
@@ -404,9 +459,9 @@ def _prepare(scan):
     if cache is not None:
         hit = cache.get(key)
         if hit is not None:
-            return (Verdict(hit.score, hit.required, hit.tests, hit.scanner, 0.0, truncated, True), note), None
+            return (Verdict(hit.score, hit.required, hit.tests, hit.scanner, 0.0, truncated, True), note), None, None
     payload = envelope_lines(txn, scan.myhostname) + data
-    return None, functools.partial(_ask, scan.spam_scanners, payload, truncated, note, txn.mail_id, cache, key)
+    return None, functools.partial(_ask, scan.spam_scanners, payload, truncated, note, txn.mail_id, cache, key), key
 
 
 def _ask(scanners, payload: bytes, truncated: bool, note: str, mail_id: str, cache, key) -> tuple[Verdict, str]:
