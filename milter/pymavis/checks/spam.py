@@ -297,7 +297,6 @@ class VerdictCache:
             while len(self._items) > self.max_entries:
                 self._items.popitem(last=False)
 
-
     def lead_or_join(self, key: bytes, submit) -> tuple[concurrent.futures.Future, bool]:
         """(the call in flight for `key`, True) if another message with these bytes is being
         checked right now (copies of a MIRV arrive together, before any verdict is in);
