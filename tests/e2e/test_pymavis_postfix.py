@@ -17,7 +17,7 @@ import pytest
 
 from conftest import scanners_yaml
 from harness.net import wait_until
-from harness.postfix import PostfixInstance
+from harness.postfix import PostfixInstance, front_mta
 from harness.pymavisd import PymavisProcess
 
 SENDER = "alice@example.org"
@@ -132,9 +132,7 @@ def test_internal_error_answers_451_and_the_sender_keeps_the_message(postfix, si
     assert "internal error" in pymavis.log_text() and "InjectedFault" in pymavis.log_text()
 
     # An MTA in front keeps it in its queue, deferred with our 451 as the reason.
-    front = PostfixInstance(public_tmp / "front", sink_port=sink.port,
-                            extra_main={"myhostname": "front.test",
-                                        "relayhost": f"[127.0.0.1]:{postfix.ports['mx']}"})
+    front = front_mta(public_tmp / "front", postfix, sink.port)
     with front:
         subj2 = subject(FAULT)
         assert front.send("mx", SENDER, ["bob@example.net"], message(subj2)).code == 250

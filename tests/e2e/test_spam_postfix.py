@@ -23,7 +23,7 @@ import uuid
 import pytest
 
 from harness.net import free_port, wait_until
-from harness.postfix import PostfixInstance
+from harness.postfix import PostfixInstance, front_mta
 from harness.pymavisd import PymavisProcess
 from harness.spamd import GTUBE, SAMPLES, SpamdProcess
 
@@ -125,9 +125,7 @@ def split_postfix(public_tmp, sink, split):
 @pytest.fixture(scope="module")
 def front(public_tmp, sink, split_postfix):
     """A sending MTA without a milter that relays everything into split_postfix."""
-    with PostfixInstance(public_tmp / "front-spam", sink_port=sink.port,
-                         extra_main={"myhostname": "front.test",
-                                     "relayhost": f"[127.0.0.1]:{split_postfix.ports['mx']}"}) as pf:
+    with front_mta(public_tmp / "front-spam", split_postfix, sink.port) as pf:
         yield pf
 
 

@@ -28,7 +28,7 @@ from conftest import scanners_yaml
 from harness.clamd import CLAM_EXE_SIGNATURE, EICAR, EICAR_SIGNATURE, ClamdProcess, reported
 from harness.fakescanner import FakeScanner
 from harness.net import wait_until
-from harness.postfix import PostfixInstance
+from harness.postfix import PostfixInstance, front_mta
 from harness.pymavisd import PymavisProcess
 from harness.samples import zip_bytes
 from harness.virusmail import SENDER, attached, big, clamav_file, eicar_plain, forwarded, plain, uuencoded_inline
@@ -102,9 +102,7 @@ def spare_postfix(public_tmp, sink, spare):
 @pytest.fixture(scope="module")
 def front(public_tmp, sink, spare_postfix):
     """A sending MTA without a milter that relays everything into spare_postfix."""
-    with PostfixInstance(public_tmp / "front", sink_port=sink.port,
-                         extra_main={"myhostname": "front.test",
-                                     "relayhost": f"[127.0.0.1]:{spare_postfix.ports['mx']}"}) as pf:
+    with front_mta(public_tmp / "front", spare_postfix, sink.port) as pf:
         yield pf
 
 

@@ -715,6 +715,13 @@ class PostfixInstance:
         wait_until(lambda: not self.queue(), timeout, what="empty Postfix queue")
 
 
+def front_mta(workdir: Path | str, target: "PostfixInstance", sink_port: int) -> PostfixInstance:
+    """A sending MTA without a milter that relays everything to `target`'s mx listener: the
+    client that keeps mail our 4xx answers defer and retries it (a real front relay)."""
+    return PostfixInstance(workdir, sink_port=sink_port,
+                           extra_main={"myhostname": "front.test", "relayhost": f"[{LOOPBACK}]:{target.ports['mx']}"})
+
+
 # --- process helpers --------------------------------------------------------------------
 
 
