@@ -59,3 +59,11 @@ def sink():
     from harness.sink import SMTPSink
     with SMTPSink() as s:
         yield s
+
+
+@pytest.fixture(scope="session")
+def postgres():
+    """A throwaway PostgreSQL cluster (unix socket only) for the whole run."""
+    from harness.postgres import PostgresCluster
+    with PostgresCluster() as cluster:
+        yield cluster

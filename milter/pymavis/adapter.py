@@ -43,7 +43,7 @@ from . import config as config_mod
 from . import decide as decide_mod
 from . import log as logmod
 from . import outcome as outcome_mod
-from . import pipeline, policy as policy_mod, report
+from . import notices, pipeline, policy as policy_mod, report
 from .lookups import LookupFailed
 from .outcome import Action, Outcome, Reply
 from .transaction import Connection, Rcpt, TransactionBuilder, strip_brackets, tmp_dir_for
@@ -361,9 +361,6 @@ class PymavisMilter(Milter.Base):
                 self.log.info("%s", line)
             for line in report.main_lines(txn, self.policy, result.outcome, elapsed):
                 self.log.info("%s", line)
-            if result.outcome.notify_sender:
-                self.log.info("mail_id %s: sender notice owed for %s (notifications come with quarantine)",
-                              txn.mail_id, ",".join(result.outcome.notify_sender))
             return action
         finally:
             self.app.end()
@@ -485,11 +482,14 @@ def run(config, config_path: str, socket_spec: str | None = None, *, force_stder
         logmod.log.warning("no virus scanners configured (av_scanners): mail is not scanned for viruses")
     if not config["spam_scanners"]:
         logmod.log.warning("no spam scanners configured (spam_scanners): mail is not checked for spam")
+    if config["resubmit"]["socket"]:
+        notices.outbox(config)   # sends what an earlier run left queued
     _serve(spec, s["timeout"])
     logmod.log.info("stopping: waiting up to %ss for %d message(s) in flight", s["shutdown_grace_s"], APP.in_flight)
     if not APP.wait_idle(s["shutdown_grace_s"]):
         logmod.log.warning("shutdown grace period over with %d message(s) in flight; the MTA keeps them",
                            APP.in_flight)
     APP.executor.shutdown(wait=False, cancel_futures=True)
+    notices.stop_all()
     logmod.log.info("pymavis stopped")
     return 0

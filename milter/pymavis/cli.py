@@ -1,8 +1,9 @@
 """The `pymavis` command: run the milter, check a configuration, scan message files
-offline, print the version.
+offline, list and release quarantined mail, print the version.
 
 Exit codes: 0 success, 1 configuration errors (each printed as FILE:LINE: message),
-2 usage errors (argparse). `scan` has its own (scan.py): 0 clean, 1 findings, 2 errors.
+2 usage errors (argparse). `scan` has its own (scan.py): 0 clean, 1 findings, 2 errors;
+`quarantine` and `release` (quarcmd.py): 1 when refused or failed.
 """
 
 from __future__ import annotations
@@ -103,6 +104,16 @@ exit codes:
 """
 
 
+def _quarantine_command(func):
+    def run(args) -> int:
+        from . import quarcmd
+        config = _load_or_report(args.config)
+        if config is None:
+            return 1
+        return getattr(quarcmd, func)(config, args)
+    return run
+
+
 def cmd_version(args) -> int:
     print(f"pymavis {__version__}")
     return 0
@@ -145,6 +156,40 @@ def build_parser() -> argparse.ArgumentParser:
     show.add_argument("--json", action="store_true", help="print one JSON object per file, one per line")
     show.add_argument("-q", "--quiet", action="store_true", help="print nothing but errors (on stderr)")
     p.set_defaults(func=cmd_scan)
+
+    p = sub.add_parser("quarantine", help="list, show, delete or expire quarantined mail",
+                       description="What the quarantine holds (the index the milter writes).")
+    qsub = p.add_subparsers(dest="action", required=True, metavar="ACTION")
+    q = with_config(qsub.add_parser("list", help="what is held: mail_id, time, category, size, sender, "
+                                                 "recipients, reason, where"))
+    q.set_defaults(func=_quarantine_command("cmd_list"))
+    q = with_config(qsub.add_parser("show", help="a held message's record and its bytes"))
+    q.add_argument("mail_id", metavar="MAIL_ID")
+    q.add_argument("--raw", action="store_true", help="only the message bytes")
+    q.set_defaults(func=_quarantine_command("cmd_show"))
+    q = with_config(qsub.add_parser("delete", help="delete held messages (files and index entries)"))
+    q.add_argument("mail_ids", nargs="+", metavar="MAIL_ID")
+    q.set_defaults(func=_quarantine_command("cmd_delete"))
+    q = with_config(qsub.add_parser("expire", help="delete what was kept more than DAYS days ago"))
+    q.add_argument("--days", type=float, required=True, metavar="DAYS")
+    q.set_defaults(func=_quarantine_command("cmd_expire"))
+    q = with_config(qsub.add_parser("orphans", help="files without an index entry (interrupted writes)"))
+    q.set_defaults(func=_quarantine_command("cmd_orphans"))
+
+    p = with_config(sub.add_parser(
+        "release", help="deliver quarantined mail through the MTA (resubmit.socket), once",
+        description="Deliver quarantined messages to their recipients (or --to) through the MTA's "
+                    "re-submission listener (resubmit.socket), with the original envelope sender. "
+                    "Recorded only after the MTA's 250; a second release is refused unless --force. "
+                    "Users not in quarantine.admins must give --secret. Exit 1 when refused or failed."))
+    p.add_argument("mail_ids", nargs="*", metavar="MAIL_ID")
+    p.add_argument("--secret", metavar="SECRET_ID", help="the message's secret_id (needed by non-admins)")
+    p.add_argument("--to", action="append", metavar="ADDR", help="deliver to this address instead, repeatable")
+    p.add_argument("--force", action="store_true", help="release again to recipients already released to")
+    p.add_argument("--list", action="store_true", help="list what is held (as quarantine list)")
+    p.add_argument("--delete", action="store_true", help="delete the given messages instead of releasing them")
+    p.add_argument("--expire", type=float, metavar="DAYS", help="delete what was kept more than DAYS days ago")
+    p.set_defaults(func=_quarantine_command("cmd_release"))
 
     p = sub.add_parser("version", help="print the version", description="Print the version.")
     p.set_defaults(func=cmd_version)

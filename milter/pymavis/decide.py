@@ -41,8 +41,25 @@ BYPASS_SETTING = {
 SPAM_RCPT_SETTINGS = ("spam_tag_level", "spam_tag2_level", "spam_tag3_level", "spam_kill_level",
                       "spam_dsn_cutoff_level", "spam_quarantine_cutoff_level",
                       "spam_subject_tag", "spam_subject_tag2", "spam_subject_tag3", "addr_extension_spam")
+# Where a blocked recipient's copy is kept, and who is told (quarantine.py, notify.py): they
+# never change the milter answer, so they stay out of the RCPT-time fingerprint.
+QUARANTINE_TO_SETTING = {
+    Ccat.VIRUS: "virus_quarantine_to",
+    Ccat.BANNED: "banned_quarantine_to",
+    Ccat.UNCHECKED: "unchecked_quarantine_to",
+    Ccat.SPAM: "spam_quarantine_to",
+    Ccat.BADH: "bad_header_quarantine_to",
+    Ccat.OVERSIZED: "oversized_quarantine_to",
+}
+ADMIN_SETTING = {Ccat.VIRUS: "virus_admin", Ccat.BANNED: "banned_admin", Ccat.SPAM: "spam_admin",
+                 Ccat.BADH: "bad_header_admin"}
+WARN_RCPT_SETTING = {Ccat.VIRUS: "warn_virus_recip", Ccat.BANNED: "warn_banned_recip",
+                     Ccat.BADH: "warn_bad_header_recip"}
+AFTERWARDS_SETTINGS = tuple(sorted(set(QUARANTINE_TO_SETTING.values()) | set(ADMIN_SETTING.values())
+                                   | set(WARN_RCPT_SETTING.values())))
 PER_RCPT_SETTINGS = tuple(sorted(set(LOVERS_SETTING.values()) | set(BYPASS_SETTING.values())
-                                 | {"message_size_limit", "banned_filename_maps"} | set(SPAM_RCPT_SETTINGS)))
+                                 | {"message_size_limit", "banned_filename_maps"} | set(SPAM_RCPT_SETTINGS)
+                                 | set(AFTERWARDS_SETTINGS)))
 
 
 @dataclass(frozen=True)
@@ -70,10 +87,12 @@ def resolve_rcpt(policy, rcpt: str) -> RcptSettings:
 def fingerprint(policy, rcpt: str) -> tuple:
     """What can make this recipient's edits or destiny differ from another's (every
     per-recipient setting but the size limit, and whether the address is local): two
-    recipients with equal fingerprints always share one milter answer. For the RCPT-time
+    recipients with equal fingerprints always share one milter answer (where copies are kept and
+    who is told do not count). For the RCPT-time
     split (split_recipients_at_rcpt). Raises lookups.LookupFailed."""
     settings = resolve_rcpt(policy, rcpt)
-    return (settings.is_local, *(v for n, v in settings.values if n != "message_size_limit"))
+    return (settings.is_local, *(v for n, v in settings.values
+                                 if n != "message_size_limit" and n not in AFTERWARDS_SETTINGS))
 
 
 @dataclass(frozen=True)

@@ -63,6 +63,8 @@ class Outcome:
     quarantine_reason: str | None = None
     notify_sender: tuple[str, ...] = ()   # recipients whose bounce is owed as a DSN
     lookup_error: str | None = None       # why a lookup failed, when that decided the outcome
+    quarantined: str = ""                 # where blocked recipients' copies were kept ("local:., sql")
+    quarantine_failed: str | None = None  # why keeping them failed, when that decided the outcome
     decisions: tuple[RcptDecision, ...] = field(default=(), compare=False)
 
 

@@ -10,6 +10,10 @@ the largest group's edits apply to all and the log says RECIPIENTS REQUIRE DIFFE
 HEADERS. A re-submission that fails before anything was sent answers TEMPFAIL; after one
 group was sent, the groups left stay in this transaction (never lost, never sent twice).
 
+Blocked recipients' copies are kept (keep.py) before the answer; when that fails the
+answer is TEMPFAIL (QUARANTINE FAILED logged), so the MTA keeps the message. Notices
+(notify.py) are queued to disk after that and sent by the outbox's own thread.
+
 Test hooks (environment, tests only): with PYMAVIS_FAULT_INJECT=MARKER a message whose
 Subject contains MARKER raises here, to prove that an internal error answers TEMPFAIL and
 the MTA keeps the message; with PYMAVIS_SLOW_INJECT=MARKER:SECONDS such a message takes that
@@ -24,7 +28,7 @@ import time
 from dataclasses import dataclass, field
 
 from . import checks as checks_mod
-from . import edits, resubmit
+from . import edits, keep, notices, resubmit
 from .categories import Ccat, Finding
 from .checks import spam as spam_mod
 from .decide import RcptDecision, decide, resolve_rcpt
@@ -70,7 +74,9 @@ class InjectedFault(RuntimeError):
     pass
 
 
-def process(config, policy, txn, checks=None) -> Result:
+def process(config, policy, txn, checks=None, *, keep_blocked: bool = True) -> Result:
+    """The checks, the decisions and the one answer; blocked recipients' copies stored
+    first unless `keep_blocked` is false (`pymavis scan` only looks)."""
     if _FAULT_MARKER and _FAULT_MARKER in (txn.header("Subject") or ""):
         raise InjectedFault(f"fault injected by PYMAVIS_FAULT_INJECT={_FAULT_MARKER!r}")
     if _SLOW_MARKER and _SLOW_MARKER in (txn.header("Subject") or ""):
@@ -110,12 +116,45 @@ def process(config, policy, txn, checks=None) -> Result:
     t2 = time.monotonic()
     decisions: tuple[RcptDecision, ...] = tuple(decide(policy, rs, findings) for rs in rcpt_settings)
     outcome = collapse(policy, decisions, txn.mail_id)
+    spam_view = next((r.spam for r in results if r.spam is not None), None)
     if outcome.action is Action.CONTINUE:
-        spam_view = next((r.spam for r in results if r.spam is not None), None)
         scanned = any(r.scanned_by for r in results)
         outcome = _pass_edits(config, policy, txn, outcome, findings, scanned, spam_view)
     timings.append(("decide", (time.monotonic() - t2) * 1000))
+    if outcome.action is not Action.TEMPFAIL and config is not None and keep_blocked:
+        t3 = time.monotonic()
+        outcome = _keep(config, policy, txn, outcome, rcpt_settings, spam_view)
+        if outcome.action is not Action.TEMPFAIL:
+            try:
+                notices.send_notices(config, policy, txn, outcome, findings, rcpt_settings, spam_view)
+            except Exception:   # a notice must never change the answer: the message is safe
+                log.exception("mail_id %s: building notices failed", txn.mail_id)
+        timings.append(("quarantine", (time.monotonic() - t3) * 1000))
     return Result(outcome, findings, tuple(results), tuple(timings), scan)
+
+
+def _keep(config, policy, txn, outcome: Outcome, rcpt_settings, spam_view) -> Outcome:
+    """Blocked recipients' copies stored before the answer (keep.py); TEMPFAIL when that fails."""
+    copies, hold = keep.plan(policy, outcome.decisions, rcpt_settings, spam_view)
+    if not copies:
+        return outcome
+    if getattr(txn.spool, "truncated", False):
+        log.error("mail_id %s: not quarantined: only the first %d of %d bytes were kept (over the storage limit)",
+                  txn.mail_id, txn.spool.stored, txn.spool.size)
+        return outcome
+    reasons = keep.reasons_for(outcome.decisions)
+    try:
+        keep.keeper(config).keep(txn, policy, outcome.decisions, copies, reasons, spam_view)
+    except keep.KeepFailed as exc:
+        log.error("mail_id %s: QUARANTINE FAILED, answering TEMPFAIL: %s", txn.mail_id, exc)
+        reply = Reply("451", "4.3.0", f"Temporary failure keeping the message, try again later, id={txn.mail_id}")
+        return Outcome(Action.TEMPFAIL, reply, decisions=outcome.decisions, quarantine_failed=str(exc))
+    where = ", ".join(f"{c.method}:{c.location}" if c.location else c.method for c in copies)
+    if hold:
+        category, reason = reasons[outcome.decisions[0].rcpt]
+        return Outcome(Action.CONTINUE, quarantine_reason=f"pymavis {txn.mail_id}: {reason}",
+                       decisions=outcome.decisions, quarantined=where)
+    return dataclasses.replace(outcome, quarantined=where)
 
 
 def _pass_edits(config, policy, txn, outcome: Outcome, findings, scanned: bool, spam_view) -> Outcome:

@@ -73,7 +73,9 @@ _FALLBACK = {"message_size_limit": 0, "banned_filename_maps": ("DEFAULT",), "sco
              **{name: None for name in ("spam_tag_level", "spam_tag2_level", "spam_tag3_level", "spam_kill_level",
                                         "spam_dsn_cutoff_level", "spam_quarantine_cutoff_level", "spam_subject_tag",
                                         "spam_subject_tag2", "spam_subject_tag3", "addr_extension_spam",
-                                        "virus_admin")}}
+                                        "virus_admin", "spam_admin", "banned_admin", "bad_header_admin",
+                                        *(f"{w}_quarantine_to" for w in ("virus", "banned", "spam", "bad_header",
+                                                                         "unchecked", "oversized")))}}
 
 
 def merge(config: Config, bank_path: tuple) -> Policy:

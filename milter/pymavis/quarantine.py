@@ -63,6 +63,45 @@ class Record:
             raise QuarantineError(f"{where}: corrupt quarantine record: {exc}") from None
 
 
+def durable_write(tmp: Path, final: Path, source, compress: bool = False) -> None:
+    """Write `source` (bytes, or a binary file object read from where it is) to `final`
+    durably: into `tmp` (same file system, must not exist), flushed, fsynced, renamed, and
+    the directory fsynced. On failure `tmp` is removed and the OSError raised. Also the
+    notification outbox's way of queueing a notice."""
+    try:
+        with open(tmp, "xb") as raw:
+            out = gzip.GzipFile(fileobj=raw, mode="wb", compresslevel=6, mtime=0) if compress else raw
+            if isinstance(source, bytes):
+                out.write(source)
+            else:
+                shutil.copyfileobj(source, out, CHUNK)
+            if compress:
+                out.close()
+            raw.flush()
+            os.fsync(raw.fileno())
+        os.replace(tmp, final)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    fsync_dir(final.parent)
+
+
+def fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def open_file(path: Path):
+    """A quarantined message file's bytes (gunzipped if its name ends in .gz)."""
+    try:
+        return gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb")
+    except OSError as exc:
+        raise QuarantineError(f"{path}: {exc.strerror}") from None
+
+
 class FileStore:
     def __init__(self, root: str | os.PathLike, subdir_levels: int = 1, compress: bool = False):
         if not 0 <= subdir_levels <= 3:
@@ -87,38 +126,15 @@ class FileStore:
         try:
             for d in (tmp_dir, final_dir):
                 d.mkdir(parents=True, exist_ok=True, mode=0o750)
-            self._write(tmp_dir / f"{name}.{os.getpid()}", final_dir / name, source, self.compress)
+            durable_write(tmp_dir / f"{name}.{os.getpid()}", final_dir / name, source, self.compress)
             rec = Record(**{**asdict(record), "recipients": tuple(record.recipients),
                             "location": str((final_dir / name).relative_to(self.root))})
-            self._write(tmp_dir / f"{record.mail_id}.json.{os.getpid()}", final_dir / f"{record.mail_id}.json",
-                        json.dumps(asdict(rec), sort_keys=True).encode(), False)
+            durable_write(tmp_dir / f"{record.mail_id}.json.{os.getpid()}", final_dir / f"{record.mail_id}.json",
+                          json.dumps(asdict(rec), sort_keys=True).encode())
         except OSError as exc:
             raise QuarantineError(f"quarantine {self.root}: {exc.strerror or exc}"
                                   + (f": {exc.filename}" if exc.filename else "")) from None
         return rec
-
-    @staticmethod
-    def _write(tmp: Path, final: Path, source, compress: bool) -> None:
-        try:
-            with open(tmp, "xb") as raw:
-                out = gzip.GzipFile(fileobj=raw, mode="wb", compresslevel=6, mtime=0) if compress else raw
-                if isinstance(source, bytes):
-                    out.write(source)
-                else:
-                    shutil.copyfileobj(source, out, CHUNK)
-                if compress:
-                    out.close()
-                raw.flush()
-                os.fsync(raw.fileno())
-            os.replace(tmp, final)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
-        fd = os.open(final.parent, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
 
     def record(self, mail_id: str) -> Record:
         self._check_id(mail_id)
@@ -133,11 +149,7 @@ class FileStore:
 
     def open(self, record: Record):
         """The held message's original bytes as a binary file object (decompressed)."""
-        path = self.root / record.location
-        try:
-            return gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb")
-        except OSError as exc:
-            raise QuarantineError(f"{path}: {exc.strerror}") from None
+        return open_file(self.root / record.location)
 
     def records(self):
         """Every record, oldest first; a corrupt one raises QuarantineError naming it."""

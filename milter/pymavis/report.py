@@ -13,8 +13,10 @@ from .categories import Ccat
 from .outcome import Action, Outcome
 from .sanitize import header_text
 
-_VERB = {"pass": "Passed", "discard": "Blocked", "bounce": "Blocked", "reject": "Blocked", "tempfail": "Blocked"}
-_HOW = {"pass": "Relayed", "discard": "Discarded", "bounce": "Bounced", "reject": "Rejected", "tempfail": "TempFailed"}
+_VERB = {"pass": "Passed", "discard": "Blocked", "bounce": "Blocked", "reject": "Blocked", "tempfail": "Blocked",
+         "hold": "Blocked"}
+_HOW = {"pass": "Relayed", "discard": "Discarded", "bounce": "Bounced", "reject": "Rejected", "tempfail": "TempFailed",
+        "hold": "Held"}
 
 
 # amavis's names in the main log line: "Blocked INFECTED", "Passed BAD-HEADER-7",
@@ -53,6 +55,8 @@ def main_lines(txn, policy, outcome: Outcome, elapsed_ms: float) -> list[str]:
             destiny = "reject"
         elif outcome.action is Action.TEMPFAIL:
             destiny = "tempfail"
+        elif outcome.quarantine_reason and destiny != "pass":
+            destiny = "hold"   # accepted into the MTA's hold queue (keep.py)
         ccat = ccat_name(d.blocking.ccat, d.blocking.minor) if d.blocking else ccat_name(d.main, d.main_minor)
         tagged = "Tagged" if destiny == "pass" and d.main > Ccat.CLEAN else ""
         key = (_VERB[destiny], ccat, _HOW[destiny] + tagged + direction(policy, policy.is_local(d.rcpt)))
@@ -63,13 +67,15 @@ def main_lines(txn, policy, outcome: Outcome, elapsed_ms: float) -> list[str]:
     client = f"[{txn.conn.client_ip}]:{txn.conn.client_port}" if txn.conn.client_ip else "[local]"
     message_id = header_text(txn.header("Message-ID") or "-", 200)
     reply = f", reply: {outcome.reply}" if outcome.reply else ""
+    quarantined = f", quarantine: {outcome.quarantined}" if outcome.quarantined else ""
     lines = []
     for (verb, ccat, how), rcpts in groups.items():
         rcpt_list = ",".join(f"<{header_text(r, 300)}>" for r in rcpts)
         lines.append(
             f"{verb} {ccat} {{{how}}}, {client} <{header_text(txn.mail_from, 300)}> -> {rcpt_list}, "
             f"Queue-ID: {txn.queue_id or '-'}, Message-ID: {message_id}, mail_id: {txn.mail_id}, "
-            f"bank: {policy.bank_path_str}, size: {txn.size}{reply if verb == 'Blocked' else ''}, "
+            f"bank: {policy.bank_path_str}, size: {txn.size}{reply if verb == 'Blocked' else ''}"
+            f"{quarantined if verb == 'Blocked' else ''}, "
             f"{elapsed_ms:.0f} ms"
         )
     return lines

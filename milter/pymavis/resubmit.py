@@ -15,7 +15,8 @@ What can fail: the listener unreachable, a 4xx/5xx at any step, a timeout
 words. The pipeline then answers TEMPFAIL if nothing was sent yet, or keeps the groups
 not yet sent in this transaction (nothing lost, nothing sent twice).
 
-Threads: runs in the pipeline's worker, before the milter answer is given.
+Threads: runs in the pipeline's worker, before the milter answer is given. `submit` is the
+same client for `pymavis release` and the notification outbox.
 """
 
 from __future__ import annotations
@@ -45,15 +46,23 @@ def message_bytes(raw: bytes, edits) -> bytes:
 
 
 def send(settings: dict, helo: str, txn, rcpts, data: bytes) -> str:
-    """Submit `data` for `rcpts` (transaction.Rcpt-like: .addr, .params); the listener's
-    final reply. Raises ResubmitFailed."""
+    """Submit `data` for `rcpts` (transaction.Rcpt-like: .addr, .params) with the transaction's
+    envelope sender; the listener's final reply. Raises ResubmitFailed."""
+    return submit(settings, helo, txn.mail_from, txn.mail_params, rcpts, data)
+
+
+def submit(settings: dict, helo: str, mail_from: str, mail_params, rcpts, data: bytes) -> str:
+    """One SMTP transaction to `settings["socket"]` (also used by release and notifications):
+    the final reply after DATA. Raises ResubmitFailed."""
+    if not settings.get("socket"):
+        raise ResubmitFailed("resubmit.socket is not set: no MTA listener to submit to")
     address = netclient.parse_socket_spec(settings["socket"], "resubmit socket")
     timeout = settings["timeout_s"]
     try:
         with smtplib.SMTP(address.host, address.port, local_hostname=settings.get("helo") or helo,
                           timeout=timeout) as smtp:
             smtp.ehlo()
-            code, text = smtp.mail(txn.mail_from, _params(txn.mail_params, MAIL_PARAMS))
+            code, text = smtp.mail(mail_from, _params(mail_params, MAIL_PARAMS))
             if code != 250:
                 raise ResubmitFailed(f"MAIL FROM answered {code} {text.decode(errors='replace')}")
             for rcpt in rcpts:

@@ -181,7 +181,7 @@ def scan_bytes(config, policy, file: str, data: bytes, sender: str, rcpts: list[
     except OSError as exc:
         raise FileError(f"cannot spool the message: {exc}") from None
     try:
-        result = pipeline.process(config, policy, txn)
+        result = pipeline.process(config, policy, txn, keep_blocked=False)
         if result.outcome.lookup_error:
             raise FileError(f"lookup failed: {result.outcome.lookup_error}; the milter would answer "
                             f"{result.outcome.reply}")

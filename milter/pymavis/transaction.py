@@ -19,8 +19,11 @@ import time
 from dataclasses import dataclass, field
 
 def new_mail_id() -> str:
-    """12 URL-safe characters (72 random bits), as amavis's mail_id."""
-    return secrets.token_urlsafe(9)
+    """12 URL-safe characters (72 random bits), as amavis's mail_id; never a leading '-' (it
+    would read as an option on a command line: `pymavis release -abc`)."""
+    while (mail_id := secrets.token_urlsafe(9)).startswith("-"):
+        pass
+    return mail_id
 
 
 def new_secret_id() -> str:

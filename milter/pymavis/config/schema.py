@@ -14,6 +14,7 @@ unchecked pass, oversized bounce.
 from __future__ import annotations
 
 import dataclasses
+import os
 import re
 from dataclasses import dataclass
 
@@ -22,8 +23,8 @@ from pymavis.checks.headers import MINOR_OF_TEST
 from pymavis.decode import DEFAULT_TYPE_MAP, Limits
 from pymavis.spec import suggest
 
-from .types import (Bool, BoolLookup, Enum, Float, FloatLookup, Int, IpLookup, Lookup, RuleSetsLookup, SettingError,
-                    SizeLookup, Str, StrLookup, StrMap, Type, _type_name)
+from .types import (Bool, BoolLookup, Enum, Float, FloatLookup, Int, IpLookup, LocationLookup, Lookup, RuleSetsLookup,
+                    SettingError, SizeLookup, Str, StrList, StrLookup, StrMap, Type, _type_name)
 
 DESTINIES = ("pass", "discard", "bounce", "reject", "tempfail")
 CATEGORIES = ("CLEAN", "MTA", "OVERSIZED", "BADH", "SPAMMY", "SPAM", "UNCHECKED", "BANNED", "VIRUS")
@@ -63,6 +64,10 @@ class RegexList(Type):
 
 _LOVERS = ("virus_lovers", "spam_lovers", "banned_files_lovers", "bad_header_lovers", "unchecked_lovers")
 _BYPASS = ("bypass_virus_checks", "bypass_spam_checks", "bypass_banned_checks", "bypass_header_checks")
+
+QUARANTINE_METHODS = ("local", "sql", "hold", "none")
+DEFAULT_QUARANTINE_METHOD = {"VIRUS": "local", "BANNED": "local", "SPAM": "local", "BADH": "local",
+                             "UNCHECKED": "local", "OVERSIZED": "none"}
 
 DEFAULT_SMTP_REASONS = {
     "VIRUS": "554 5.7.0 Reject, id={mail_id} - INFECTED: {detail}",
@@ -110,6 +115,23 @@ POLICY_SETTINGS = _settings(
             "when every virus scanner failed: true answers TEMPFAIL (the MTA retries), false makes it UNCHECKED"),
     Setting("virus_admin", Lookup("address", str), None,
             "per-recipient: who is told about a virus for this recipient (used by notifications)"),
+    Setting("spam_admin", Lookup("address", str), None,
+            "per-recipient: who is told about spam blocked for this recipient (notifications)"),
+    Setting("banned_admin", Lookup("address", str), None,
+            "per-recipient: who is told about a banned file for this recipient (notifications)"),
+    Setting("bad_header_admin", Lookup("address", str), None,
+            "per-recipient: who is told about a bad header for this recipient (notifications)"),
+    *(Setting(f"warn_{what}_recip", BoolLookup, False,
+              f"per-recipient: tell a recipient that {text} mail for them was blocked (notifications)")
+      for what, text in (("virus", "infected"), ("banned", "banned"), ("bad_header", "bad-header"))),
+    Setting("quarantine_method", StrMap(Enum(QUARANTINE_METHODS), keys=CATEGORIES), DEFAULT_QUARANTINE_METHOD,
+            "where blocked mail of each category is kept: local (files), sql (the database), "
+            "hold (the MTA's hold queue), none"),
+    *(Setting(f"{what}_quarantine_to", LocationLookup, ".",
+              f"per-recipient: the location {text} mail blocked for this recipient is kept in "
+              "(a folder under quarantine.dir for local; '.' the top); null: not kept")
+      for what, text in (("virus", "infected"), ("banned", "banned"), ("spam", "spam"),
+                         ("bad_header", "bad-header"), ("unchecked", "unchecked"), ("oversized", "oversized"))),
     Setting("viruses_that_fake_sender", RegexList(), ["."],
             "virus names (regexes) known to forge the sender: no notice to the sender (notifications)"),
     Setting("subject_tag_by_ccat", StrMap(Str(), keys=CATEGORIES), {"VIRUS": "***INFECTED*** "},
@@ -370,6 +392,38 @@ _RESUBMIT_SETTINGS = {"socket": InetSpec(nullable=True), "timeout_s": Float(mini
 RESUBMIT_DEFAULTS = {"socket": None, "timeout_s": 30.0, "helo": None}
 
 
+_QUARANTINE_SETTINGS = {"dir": Str(nullable=True), "subdir_levels": Int(minimum=0, maximum=3), "gzip": Bool(),
+                        "database": Str(nullable=True), "partition_tag": Int(minimum=0),
+                        "release_from_null_sender": Bool(), "admins": StrList(),
+                        "postsuper": Str(nonempty=True), "postfix_config_dir": Str(nullable=True)}
+QUARANTINE_DEFAULTS = {"dir": None, "subdir_levels": 1, "gzip": False, "database": None, "partition_tag": 0,
+                       "release_from_null_sender": False, "admins": ["root"], "postsuper": "postsuper",
+                       "postfix_config_dir": None}
+class TemplatesDir(Str):
+    """A folder of notice templates (relative to the config file), checked when loaded:
+    an unknown macro or file name is an error here, not at the first notice."""
+
+    def convert(self, value, ctx):
+        from pymavis import notify
+        value = super().convert(value, ctx)
+        if value is not None:
+            value = os.path.join(ctx.base_dir, value)
+            try:
+                notify.Templates(value)
+            except notify.TemplateError as exc:
+                raise SettingError(str(exc)) from None
+        return value
+
+
+_NOTIFY_SETTINGS = {"queue_dir": Str(nullable=True), "templates_dir": TemplatesDir(nullable=True),
+                    "hdrfrom_notify_sender": Str(nonempty=True), "hdrfrom_notify_admin": Str(nonempty=True),
+                    "mailfrom_notify_admin": Str(), "retry_s": Float(minimum=0.1), "max_age_s": Float(minimum=1)}
+NOTIFY_DEFAULTS = {"queue_dir": None, "templates_dir": None,
+                   "hdrfrom_notify_sender": '"Content-filter at {myhostname}" <postmaster@{myhostname}>',
+                   "hdrfrom_notify_admin": '"Content-filter at {myhostname}" <postmaster@{myhostname}>',
+                   "mailfrom_notify_admin": "", "retry_s": 60.0, "max_age_s": 5 * 86400.0}
+
+
 class _IpBankList(Type):
     """Documents the shape; load.py converts the entries itself (each `ip` is a lookup)."""
 
@@ -414,6 +468,12 @@ GLOBAL_SETTINGS = _settings(
     Setting("resubmit", Section(_RESUBMIT_SETTINGS, RESUBMIT_DEFAULTS), RESUBMIT_DEFAULTS,
             "the MTA's loopback listener that does not filter (contrib/postfix: inet:127.0.0.1:10025): "
             "recipients needing other header edits are re-submitted there; socket null: not used"),
+    Setting("quarantine", Section(_QUARANTINE_SETTINGS, QUARANTINE_DEFAULTS), QUARANTINE_DEFAULTS,
+            "the quarantine: dir (default STATE_DIR/quarantine), subdir_levels, gzip, database "
+            "(SQLAlchemy URL; default sqlite under state_dir), who may release without the secret_id"),
+    Setting("notify", Section(_NOTIFY_SETTINGS, NOTIFY_DEFAULTS), NOTIFY_DEFAULTS,
+            "notifications (sent to resubmit.socket): queue_dir (default STATE_DIR/notify), templates_dir, "
+            "From: header lines, envelope sender of admin notices ('' is <>), retry_s, max_age_s"),
     Setting("mynets_bank", Str(nullable=True), "MYNETS", "bank loaded when the client is in mynetworks"),
     Setting("auth_bank", Str(nullable=True), "AUTH", "bank loaded when the client authenticated (SMTP AUTH)"),
     Setting("myusers_bank", Str(nullable=True), "MYUSERS",

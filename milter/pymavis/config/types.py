@@ -128,6 +128,22 @@ class Str(Type):
 
 
 @dataclass(frozen=True)
+class StrList(Type):
+    """A list of non-empty strings (a tuple when converted)."""
+
+    def convert(self, value, ctx):
+        if not isinstance(value, list):
+            raise SettingError(f"expected a list of strings, got {_type_name(value)}")
+        for i, item in enumerate(value):
+            if not isinstance(item, str) or not item:
+                raise SettingError(f"expected a non-empty string, got {item!r}", (i,))
+        return tuple(value)
+
+    def describe(self):
+        return "a list of strings"
+
+
+@dataclass(frozen=True)
 class Enum(Type):
     choices: tuple
 
@@ -238,7 +254,19 @@ def str_from_text(value):
     return str(value)
 
 
+def location_from_text(value):
+    """A quarantine location: '.' or a relative folder name (letters, digits, . _ - @ +, and /
+    between parts); never absolute, never '..'."""
+    text = str_from_text(value).strip()
+    parts = text.split("/")
+    if text != "." and (not text or text.startswith("/") or any(
+            p in ("", ".", "..") or not all(c.isalnum() or c in "._-@+" for c in p) for p in parts)):
+        raise ValueError(f"expected '.' or a relative folder name, got {value!r}")
+    return text
+
+
 BoolLookup = Lookup("address", bool_from_text)
+LocationLookup = Lookup("address", location_from_text)
 FloatLookup = Lookup("address", float_from_text)
 StrLookup = Lookup("address", str_from_text)
 SizeLookup = Lookup("address", lambda v: int_from_text(v, minimum=0))
