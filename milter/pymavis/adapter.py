@@ -43,7 +43,7 @@ from . import config as config_mod
 from . import decide as decide_mod
 from . import log as logmod
 from . import outcome as outcome_mod
-from . import notices, pipeline, policy as policy_mod, report
+from . import keep, notices, pipeline, policy as policy_mod, report, sqlstore
 from .lookups import LookupFailed
 from .outcome import Action, Outcome, Reply
 from .transaction import Connection, Rcpt, TransactionBuilder, strip_brackets, tmp_dir_for
@@ -482,6 +482,11 @@ def run(config, config_path: str, socket_spec: str | None = None, *, force_stder
         logmod.log.warning("no virus scanners configured (av_scanners): mail is not scanned for viruses")
     if not config["spam_scanners"]:
         logmod.log.warning("no spam scanners configured (spam_scanners): mail is not checked for spam")
+    try:
+        keep.keeper(config).db   # creates the index tables now, not at the first blocked message
+    except sqlstore.StoreError as exc:
+        logmod.log.error("the quarantine database is unusable, blocked mail will be answered TEMPFAIL "
+                         "until it works: %s", exc)
     if config["resubmit"]["socket"]:
         notices.outbox(config)   # sends what an earlier run left queued
     _serve(spec, s["timeout"])

@@ -110,6 +110,9 @@ def _quarantine_command(func):
         config = _load_or_report(args.config)
         if config is None:
             return 1
+        if func == "cmd_release":   # the release log line goes where the milter logs (syslog: the mail log)
+            from . import log
+            log.setup(config.settings["log"])
         return getattr(quarcmd, func)(config, args)
     return run
 

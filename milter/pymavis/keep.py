@@ -42,6 +42,24 @@ class KeepFailed(Exception):
     pass
 
 
+class Counts:
+    """Messages kept and keeps that failed, since start (thread-safe; issue 7's metrics read it)."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self.kept = self.failed = 0
+
+    def add(self, ok: bool) -> None:
+        with self._lock:
+            if ok:
+                self.kept += 1
+            else:
+                self.failed += 1
+
+
+COUNTS = Counts()
+
+
 @dataclass(frozen=True)
 class Copy:
     method: str                 # local, sql, hold
@@ -123,10 +141,10 @@ class Keeper:
                     where.update({r: ("H", txn.queue_id or "") for r in copy.rcpts})
             entry = index_entry(txn, policy, decisions, where, reasons, spam_view, self.host)
             self.db.put(entry, sql_source)
-        except (quarantine.QuarantineError, sqlstore.StoreError) as exc:
-            raise KeepFailed(str(exc)) from None
-        except OSError as exc:
-            raise KeepFailed(f"quarantine: {exc}") from None
+        except (quarantine.QuarantineError, sqlstore.StoreError, OSError) as exc:
+            COUNTS.add(False)
+            raise KeepFailed(str(exc) if not isinstance(exc, OSError) else f"quarantine: {exc}") from None
+        COUNTS.add(True)
         return entry
 
 
