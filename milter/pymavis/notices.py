@@ -99,7 +99,8 @@ def facts_for(config, policy, txn, decision, findings, rcpts, spam_view=None, qu
         from_header=txn.header("From") or "", message_id=txn.header("Message-ID") or "", virus_names=names,
         spam_score=judgement.level if judgement is not None else None, bank=policy.bank_path_str,
         queue_id=txn.queue_id or "", client_ip=txn.conn.client_ip or "", date=time.time(),
-        myhostname=config.myhostname, quarantine=quarantined)
+        myhostname=config.myhostname,
+        quarantine=f"{quarantined} (to release it: pymavis release {txn.mail_id})" if quarantined else "not kept")
 
 
 def notices_for(config, policy, txn, outcome, findings, rcpt_settings, spam_view=None) -> list[notify.Notice]:
