@@ -1,0 +1,80 @@
+"""Mail authentication of arriving mail: DKIM, SPF, DMARC, and our Authentication-Results.
+
+    authenticate(message, facts, settings, lookup) -> Results
+
+runs, in this order (DMARC needs the other two):
+1. DKIM (dkimverify.py): every signature, at most dkimverify.MAX_SIGNATURES;
+2. SPF (spfcheck.py): the client address for MAIL FROM (or HELO for the null sender);
+3. DMARC (dmarc.py): the From domain's policy, aligned with 1 and 2.
+Each runs only when its setting says so (`Settings`, from the policy bank; DMARC brings
+DKIM and SPF along); a method not run is None in Results and left out of the header
+(header.py). SPF and DMARC are not run for
+originating mail (our own users: SPF of a submission client means nothing), DKIM is.
+
+All DNS goes through `lookup` (resolver.py): tests give a dict of records or a function that
+raises DnsTempError; the milter gives one on dnspython, wrapped in a resolver.Budget per
+message. Nothing here raises for a DNS problem: it is a temperror result.
+
+Package layout: resolver (the one DNS function), dkimverify, spfcheck, dmarc, header (the
+field's text and the authserv-id of an existing field). checks/auth.py is the check that
+calls this from the pipeline.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from . import dkimverify, dmarc, spfcheck
+from .resolver import Lookup
+
+
+@dataclass(frozen=True)
+class Settings:
+    dkim: bool = True
+    spf: bool = True
+    dmarc: bool = True
+    min_key_bits: int = dkimverify.MIN_KEY_BITS
+    receiver: str = "unknown"   # our host name, for SPF's %{r} macro
+
+
+@dataclass(frozen=True)
+class Facts:
+    """What the checks need from the SMTP transaction."""
+
+    client_ip: str | None
+    helo: str | None
+    mail_from: str                 # "" for the null sender
+    from_values: tuple[str, ...]   # the values of the message's From fields
+    originating: bool = False
+
+
+@dataclass(frozen=True)
+class Results:
+    dkim: tuple[dkimverify.DkimResult, ...] | None = None   # None: not checked; (): no signature
+    spf: spfcheck.SpfResult | None = None
+    dmarc: dmarc.DmarcResult | None = None
+
+    def summary(self) -> str:
+        """For the log: 'dkim=pass:example.com spf=pass dmarc=pass'."""
+        parts = []
+        if self.dkim is not None:
+            parts.append("dkim=" + (",".join(f"{r.result}:{r.domain}" for r in self.dkim) or "none"))
+        if self.spf is not None:
+            parts.append(f"spf={self.spf.result}")
+        if self.dmarc is not None:
+            parts.append(f"dmarc={self.dmarc.result}")
+        return " ".join(parts)
+
+
+def authenticate(message: bytes, facts: Facts, settings: Settings, lookup: Lookup) -> Results:
+    """DMARC needs DKIM and SPF: with `dmarc` on they run (and are shown) even when their
+    own setting is off."""
+    remote = not facts.originating
+    dkim_results = spf_result = dmarc_result = None
+    if settings.dkim or (settings.dmarc and remote):
+        dkim_results = dkimverify.verify(message, lookup, settings.min_key_bits)
+    if remote and (settings.spf or settings.dmarc):
+        spf_result = spfcheck.check(facts.client_ip, facts.mail_from, facts.helo, lookup, settings.receiver)
+    if remote and settings.dmarc:
+        dmarc_result = dmarc.evaluate(list(facts.from_values), dkim_results, spf_result, lookup)
+    return Results(dkim_results, spf_result, dmarc_result)
