@@ -43,7 +43,7 @@ from . import config as config_mod
 from . import decide as decide_mod
 from . import log as logmod
 from . import outcome as outcome_mod
-from . import keep, notices, pipeline, policy as policy_mod, report, sqlstore
+from . import events, keep, metrics, notices, observe, pipeline, policy as policy_mod, report, sqllog, sqlstore
 from .lookups import LookupFailed
 from .outcome import Action, Outcome, Reply
 from .transaction import Connection, Rcpt, TransactionBuilder, strip_brackets, tmp_dir_for
@@ -339,19 +339,36 @@ class PymavisMilter(Milter.Base):
         deadline = self.config.settings["milter"]["scan_deadline_s"]
         self.app.begin()
         try:
+            log_id = self.log.extra["ctx"]
             if builder.failed:
                 self.log.error("answering TEMPFAIL for mail_id %s: %s", txn.mail_id, builder.failed)
-                return self._answer(outcome_mod.internal_error(txn.mail_id, accept=self._accept_on_error()))
+                answer = outcome_mod.internal_error(txn.mail_id, accept=self._accept_on_error())
+                action = self._answer(answer)
+                observe.after_answer(self.config, self.policy, txn, None, answer, logger=self.log, log_id=log_id,
+                                     error=builder.failed, error_reason="internal")
+                return action
             # XXX: on a deadline the work goes on in its worker thread (it cannot be cancelled)
             # and the spool is closed under it; its late exception is discarded with the future.
-            future = self.app.executor.submit(pipeline.process, self.config, self.policy, txn)
+            future = self.app.executor.submit(observe.with_cpu, pipeline.process, self.config, self.policy, txn)
             try:
-                result = future.result(timeout=deadline)
+                result, cpu_ms = future.result(timeout=deadline)
             except concurrent.futures.TimeoutError:
                 self.log.error("mail_id %s: checks did not finish within scan_deadline_s=%s; TEMPFAIL",
                                txn.mail_id, deadline)
-                return self._answer(Outcome(Action.TEMPFAIL, Reply(
-                    "451", "4.7.1", f"Content check took too long, try again later, id={txn.mail_id}")))
+                answer = Outcome(Action.TEMPFAIL, Reply(
+                    "451", "4.7.1", f"Content check took too long, try again later, id={txn.mail_id}"))
+                action = self._answer(answer)
+                observe.after_answer(self.config, self.policy, txn, None, answer, logger=self.log, log_id=log_id,
+                                     error=f"checks did not finish within scan_deadline_s={deadline}",
+                                     error_reason="deadline")
+                return action
+            except Exception as exc:
+                # counted and logged as an event here, answered (and its traceback logged) by _guard
+                observe.after_answer(self.config, self.policy, txn, None,
+                                     outcome_mod.internal_error(txn.mail_id, accept=self._accept_on_error()),
+                                     logger=self.log, log_id=log_id, error_reason="internal",
+                                     error=f"internal error: {type(exc).__name__}: {exc}")
+                raise
             action = self._answer(result.outcome)
             if result.outcome.lookup_error:
                 self.log.warning("mail_id %s: lookup failed (%s); reply: %s", txn.mail_id,
@@ -361,6 +378,8 @@ class PymavisMilter(Milter.Base):
                 self.log.info("%s", line)
             for line in report.main_lines(txn, self.policy, result.outcome, elapsed):
                 self.log.info("%s", line)
+            observe.after_answer(self.config, self.policy, txn, result, result.outcome, logger=self.log,
+                                 log_id=log_id, elapsed_ms=elapsed, cpu_ms=cpu_ms)
             return action
         finally:
             self.app.end()
@@ -477,6 +496,13 @@ def run(config, config_path: str, socket_spec: str | None = None, *, force_stder
     libmilter.setbacklog(s["backlog"])
     # Should anything escape the adapter's own catch-all, pymilter answers 451 4.3.0.
     libmilter.set_exception_policy(libmilter.TEMPFAIL)
+    if config["event_log"]["target"] != "none":
+        try:
+            events.EVENTS.open_check(config)
+        except events.SinkError as exc:
+            logmod.log.error("%s; messages are filtered, their events are dropped until it works", exc)
+        events.EVENTS.start()
+    metrics.start(config, in_flight=lambda: APP.in_flight, current_config=lambda: APP.config)
     logmod.log.info("pymavis starting on %s (config %s, %d workers)", spec, config_path, s["workers"])
     if not config["av_scanners"] and not config["av_scanners_backup"]:
         logmod.log.warning("no virus scanners configured (av_scanners): mail is not scanned for viruses")
@@ -496,5 +522,8 @@ def run(config, config_path: str, socket_spec: str | None = None, *, force_stder
                            APP.in_flight)
     APP.executor.shutdown(wait=False, cancel_futures=True)
     notices.stop_all()
+    sqllog.stop_all()   # writes what is queued, for a few seconds
+    events.EVENTS.close()   # writes what is queued
+    metrics.stop()
     logmod.log.info("pymavis stopped")
     return 0

@@ -179,6 +179,16 @@ def build_parser() -> argparse.ArgumentParser:
     q = with_config(qsub.add_parser("orphans", help="files without an index entry (interrupted writes)"))
     q.set_defaults(func=_quarantine_command("cmd_orphans"))
 
+    p = sub.add_parser("sql", help="the database: create the tables, expire old rows",
+                       description="amavisd-new's msgs/msgrcpt/maddr/quarantine tables and pymavis_quarantine, "
+                                   "in quarantine.database (and sql_log.database).")
+    qsub = p.add_subparsers(dest="action", required=True, metavar="ACTION")
+    q = with_config(qsub.add_parser("init", help="create the tables that are missing"))
+    q.set_defaults(func=_quarantine_command("cmd_sql_init"))
+    q = with_config(qsub.add_parser("expire", help="delete messages (and kept copies) older than DAYS days"))
+    q.add_argument("--days", type=float, required=True, metavar="DAYS")
+    q.set_defaults(func=_quarantine_command("cmd_sql_expire"))
+
     p = with_config(sub.add_parser(
         "release", help="deliver quarantined mail through the MTA (resubmit.socket), once",
         description="Deliver quarantined messages to their recipients (or --to) through the MTA's "

@@ -3,12 +3,16 @@
 Each passed recipient gets, in this order (values are sanitised by outcome.apply):
 - the removal of incoming X-Spam-* fields we write (`remove_existing_spam_headers`; the
   same for every recipient, so it never splits a group);
+- the removal of incoming Authentication-Results fields that claim our authserv-id
+  (RFC 8601 5), when the authentication check ran (checks/auth.py; the same for all);
 - `x_header_tag` (X-Virus-Scanned) when a virus scanner answered;
 - one `alert_header_tag` per finding that concerns this recipient;
 - X-Spam-Flag, X-Spam-Score, X-Spam-Level, X-Spam-Status when the recipient's spam level
   reaches its `spam_tag_level` (checks/spam.py);
 - a Subject prefix: the one of its main category in `subject_tag_by_ccat` (VIRUS:
-  ***INFECTED***), else its spam subject tag (spam_subject_tag/tag2/tag3).
+  ***INFECTED***), else its spam subject tag (spam_subject_tag/tag2/tag3);
+- last, our Authentication-Results field (`auth_field`), inserted at the top, so that it
+  ends up above the fields inserted before it (the same for every recipient).
 An address extension (`addr_extension_spam`, user+spam@ for a local recipient) is a
 recipient edit: delrcpt of the address, addrcpt of the extended one.
 
@@ -24,6 +28,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from .categories import Ccat, Finding
+from .auth.header import claims as claims_authserv_id
 from .checks.spam import OUR_HEADERS, header_values
 from .outcome import HeaderEdit
 
@@ -57,6 +62,27 @@ def removals(txn, spam_view) -> tuple[HeaderEdit, ...]:
             names.setdefault(key, name)
     return tuple(HeaderEdit(names[key], "", "change", index)
                  for key in sorted(counts) for index in range(counts[key], 0, -1))
+
+
+AUTH_RESULTS = "Authentication-Results"
+
+
+def auth_removals(txn, auth_view) -> tuple[HeaderEdit, ...]:
+    """Delete the arriving Authentication-Results fields that claim our authserv-id (others
+    are kept), last occurrence first (so indexes hold whether the MTA counts deleted fields
+    or not)."""
+    if auth_view is None or auth_view.field is None:
+        return ()
+    fields = [(name, value) for name, value in txn.headers if name.lower() == AUTH_RESULTS.lower()]
+    return tuple(HeaderEdit(fields[0][0], "", "change", index)
+                 for index in range(len(fields), 0, -1) if claims_authserv_id(fields[index - 1][1], auth_view.authserv_id))
+
+
+def auth_field(auth_view) -> tuple[HeaderEdit, ...]:
+    """Our Authentication-Results field, inserted at the top."""
+    if auth_view is None or auth_view.field is None:
+        return ()
+    return (HeaderEdit(AUTH_RESULTS, auth_view.field, "insert"),)
 
 
 def for_rcpt(config, policy, decision, findings, scanned: bool, subject: str | None,

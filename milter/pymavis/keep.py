@@ -120,9 +120,10 @@ class Keeper:
     def store(self, location: str) -> quarantine.FileStore:
         return quarantine.FileStore(self.dir / location, self.subdir_levels, self.gzip)
 
-    def keep(self, txn, policy, decisions, copies: tuple[Copy, ...], reasons: dict, spam_view=None) -> tuple:
-        """Store `copies` and the index entry; the QRcpt rows written. Raises KeepFailed.
-        `reasons`: recipient -> (category name, reason text)."""
+    def keep(self, txn, policy, outcome, copies: tuple[Copy, ...], reasons: dict, spam_view=None,
+             held: bool = False) -> sqlstore.QEntry:
+        """Store `copies` and the index entry for `outcome` (the answer about to be given);
+        the entry written. Raises KeepFailed. `reasons`: recipient -> (category name, reason)."""
         where: dict[str, tuple[str, str]] = {}
         sql_source = None
         try:
@@ -139,7 +140,7 @@ class Keeper:
                     where.update({r: ("Q", "") for r in copy.rcpts})
                 else:
                     where.update({r: ("H", txn.queue_id or "") for r in copy.rcpts})
-            entry = index_entry(txn, policy, decisions, where, reasons, spam_view, self.host)
+            entry = index_entry(txn, policy, outcome, where, reasons, spam_view, self.host, held=held)
             self.db.put(entry, sql_source)
         except (quarantine.QuarantineError, sqlstore.StoreError, OSError) as exc:
             COUNTS.add(False)
@@ -167,17 +168,23 @@ def keeper(config) -> Keeper:
         return _KEEPERS[key]
 
 
-def index_entry(txn, policy, decisions, where: dict, reasons: dict, spam_view, host: str) -> sqlstore.QEntry:
-    """The database's view of a kept message: every recipient, and where each one's copy is."""
+def index_entry(txn, policy, outcome, where: dict, reasons: dict, spam_view, host: str, *,
+                held: bool = False) -> sqlstore.QEntry:
+    """The database's view of a message (kept, or logged by sqllog.py): every recipient, what
+    happened to it and what the MTA was told (msgrcpt.ds, smtp_resp), where its copy is."""
+    decisions = outcome.decisions
+    replies = smtp_responses(policy, outcome, txn.mail_id, held=held)
     rcpts = []
     for d in decisions:
         quar_type, quar_loc = where.get(d.rcpt, ("", ""))
         category, reason = reasons.get(d.rcpt, ("", "")) if quar_type else ("", "")
         judgement = spam_view.judgement(d.rcpt) if spam_view is not None else None
         rcpts.append(sqlstore.QRcpt(
-            d.rcpt, policy.is_local(d.rcpt), sqlstore.CONTENT_LETTER[d.main.name], sqlstore.DS_LETTER[d.destiny],
+            d.rcpt, policy.is_local(d.rcpt), sqlstore.CONTENT_LETTER[d.main.name],
+            sqlstore.DS_LETTER[effective_destiny(outcome, d)],
             quar_type=quar_type, quar_loc=quar_loc, category=category, reason=reason[:255],
-            bspam_level=judgement.level if judgement is not None else None))
+            bspam_level=judgement.level if judgement is not None else None,
+            smtp_resp=replies.get(d.rcpt, "")))
     main = max(decisions, key=lambda d: d.main).main if decisions else Ccat.CLEAN
     verdict = spam_view.verdict if spam_view is not None else None
     return sqlstore.QEntry(
@@ -193,3 +200,32 @@ def reasons_for(decisions) -> dict:
     """recipient -> (category name, reason) of what blocked it."""
     return {d.rcpt: (d.blocking.ccat.name, f"{d.blocking.ccat.name}: {d.blocking.detail}".rstrip(": "))
             for d in decisions if d.blocked and d.blocking is not None}
+
+
+def effective_destiny(outcome, decision) -> str:
+    """What happened to this recipient once the decisions were collapsed into one answer: a
+    bounce for everyone is a REJECT at SMTP, a tempfail for one is a tempfail for all."""
+    from .outcome import Action
+    if outcome.action is Action.TEMPFAIL:
+        return "tempfail"
+    if outcome.action is Action.REJECT and decision.blocked:
+        return "reject"
+    return decision.destiny
+
+
+def smtp_responses(policy, outcome, mail_id: str, *, held: bool = False) -> dict:
+    """recipient -> what the MTA was told for it, as amavis logs msgrcpt.smtp_resp."""
+    from .outcome import Action, reply_for
+    out = {}
+    for d in outcome.decisions:
+        if outcome.action in (Action.REJECT, Action.TEMPFAIL) and outcome.reply is not None:
+            out[d.rcpt] = str(outcome.reply)
+        elif held:
+            out[d.rcpt] = f"250 2.0.0 Ok, id={mail_id}, held in the MTA's hold queue"
+        elif d.blocked and d.destiny == "discard":
+            out[d.rcpt] = f"250 2.7.0 Ok, discarded, id={mail_id}"
+        elif d.blocked:
+            out[d.rcpt] = f"{reply_for(policy, d, mail_id)} (sender notified)"
+        else:
+            out[d.rcpt] = f"250 2.0.0 Ok, id={mail_id}"
+    return out

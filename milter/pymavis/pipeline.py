@@ -9,6 +9,9 @@ recipients whose edits differ from the largest group's are re-submitted with the
 the largest group's edits apply to all and the log says RECIPIENTS REQUIRE DIFFERENT
 HEADERS. A re-submission that fails before anything was sent answers TEMPFAIL; after one
 group was sent, the groups left stay in this transaction (never lost, never sent twice).
+Our Authentication-Results field (checks/auth.py) is the same for every group and is
+inserted after the other edits; originating mail in a bank with `dkim_sign` is then signed
+as it will leave (auth/dkimsign.py), each re-submitted group with its own edits.
 
 Blocked recipients' copies are kept (keep.py) before the answer; when that fails the
 answer is TEMPFAIL (QUARANTINE FAILED logged), so the MTA keeps the message. Notices
@@ -28,13 +31,15 @@ import time
 from dataclasses import dataclass, field
 
 from . import checks as checks_mod
-from . import edits, keep, notices, resubmit
+from . import edits, keep, notices, resubmit, sqllog, sqlstore
+from .auth import dkimsign, dmarc
+from .auth import resolver as auth_dns
 from .categories import Ccat, Finding
 from .checks import spam as spam_mod
 from .decide import RcptDecision, decide, resolve_rcpt
 from .log import log
 from .lookups import LookupFailed
-from .outcome import Action, Outcome, Reply, collapse
+from .outcome import Action, HeaderEdit, Outcome, Reply, collapse
 
 
 @dataclass(frozen=True)
@@ -58,6 +63,8 @@ def scan_for(config, policy, txn, rcpt_settings) -> checks_mod.Scan:
                            spam_cache=spam_mod.verdict_cache(config["spam_cache"]["ttl_s"],
                                                              config["spam_cache"]["max_entries"]),
                            myhostname=config.myhostname,
+                           dns=auth_dns.lookup_for(config["dns"]), dns_deadline_s=config["dns"]["deadline_s"],
+                           authserv_id=config["authserv_id"] or config.myhostname,
                            gate=checks_mod.decode_gate(config["milter"]["decode_workers"],
                                                       config["milter"]["decode_memory_bytes"]))
 
@@ -117,9 +124,10 @@ def process(config, policy, txn, checks=None, *, keep_blocked: bool = True) -> R
     decisions: tuple[RcptDecision, ...] = tuple(decide(policy, rs, findings) for rs in rcpt_settings)
     outcome = collapse(policy, decisions, txn.mail_id)
     spam_view = next((r.spam for r in results if r.spam is not None), None)
+    auth_view = next((r.auth for r in results if r.auth is not None), None)
     if outcome.action is Action.CONTINUE:
         scanned = any(r.scanned_by for r in results)
-        outcome = _pass_edits(config, policy, txn, outcome, findings, scanned, spam_view)
+        outcome = _pass_edits(config, policy, txn, outcome, findings, scanned, spam_view, auth_view)
     timings.append(("decide", (time.monotonic() - t2) * 1000))
     if outcome.action is not Action.TEMPFAIL and config is not None and keep_blocked:
         t3 = time.monotonic()
@@ -129,8 +137,28 @@ def process(config, policy, txn, checks=None, *, keep_blocked: bool = True) -> R
                 notices.send_notices(config, policy, txn, outcome, findings, rcpt_settings, spam_view)
             except Exception:   # a notice must never change the answer: the message is safe
                 log.exception("mail_id %s: building notices failed", txn.mail_id)
+        outcome = _sql_log(config, policy, txn, outcome, spam_view)
         timings.append(("quarantine", (time.monotonic() - t3) * 1000))
     return Result(outcome, findings, tuple(results), tuple(timings), scan)
+
+
+def _sql_log(config, policy, txn, outcome: Outcome, spam_view) -> Outcome:
+    """The message's rows in amavis's tables (sqllog.py): queued, or written before the answer
+    in a bank with sql_log_failure_is_fatal (TEMPFAIL when that fails). Kept mail has them."""
+    sql = sqllog.sql_log(config)
+    if sql is None or outcome.quarantined or not outcome.decisions:
+        return outcome
+    entry = sqllog.entry_for(config, policy, txn, outcome, spam_view)
+    if not policy.sql_log_failure_is_fatal:
+        sql.submit(entry)
+        return outcome
+    try:
+        sql.write_now(entry)
+    except sqlstore.StoreError as exc:
+        log.error("mail_id %s: SQL log failed, answering TEMPFAIL (sql_log_failure_is_fatal): %s", txn.mail_id, exc)
+        reply = Reply("451", "4.3.0", f"Temporary failure logging the message, try again later, id={txn.mail_id}")
+        return Outcome(Action.TEMPFAIL, reply, decisions=outcome.decisions)
+    return outcome
 
 
 def _keep(config, policy, txn, outcome: Outcome, rcpt_settings, spam_view) -> Outcome:
@@ -144,7 +172,7 @@ def _keep(config, policy, txn, outcome: Outcome, rcpt_settings, spam_view) -> Ou
         return outcome
     reasons = keep.reasons_for(outcome.decisions)
     try:
-        keep.keeper(config).keep(txn, policy, outcome.decisions, copies, reasons, spam_view)
+        keep.keeper(config).keep(txn, policy, outcome, copies, reasons, spam_view, held=hold)
     except keep.KeepFailed as exc:
         log.error("mail_id %s: QUARANTINE FAILED, answering TEMPFAIL: %s", txn.mail_id, exc)
         reply = Reply("451", "4.3.0", f"Temporary failure keeping the message, try again later, id={txn.mail_id}")
@@ -157,7 +185,8 @@ def _keep(config, policy, txn, outcome: Outcome, rcpt_settings, spam_view) -> Ou
     return dataclasses.replace(outcome, quarantined=where)
 
 
-def _pass_edits(config, policy, txn, outcome: Outcome, findings, scanned: bool, spam_view) -> Outcome:
+def _pass_edits(config, policy, txn, outcome: Outcome, findings, scanned: bool, spam_view,
+                auth_view=None) -> Outcome:
     """The passed recipients' header and address edits, grouped into this transaction's
     and the re-submitted ones (module doc)."""
     subject = txn.header("Subject")
@@ -174,11 +203,13 @@ def _pass_edits(config, policy, txn, outcome: Outcome, findings, scanned: bool, 
         # no sender notice for spam above the recipient's spam_dsn_cutoff_level
         notify = tuple(r for r in notify if not ((j := spam_view.judgement(r)) and j.ccat is Ccat.SPAM
                                                   and j.over(j.levels.dsn_cutoff)))
-    common = edits.removals(txn, spam_view)
+    common = edits.removals(txn, spam_view) + edits.auth_removals(txn, auth_view)
+    last = edits.auth_field(auth_view)   # Authentication-Results: inserted last, so it is on top
+    key = _signing_key(config, policy, txn, passed)
     groups = edits.groups(per_rcpt)
     kept, resubmitted = (groups[0] if groups else edits.Group((), ())), []
     if len(groups) > 1:
-        resubmitted, left = _resubmit(config, txn, common, groups[1:], extension)
+        resubmitted, left = _resubmit(config, txn, common, groups[1:], extension, last, key)
         if resubmitted is None:
             reply = Reply("451", "4.3.0", f"Temporary failure re-submitting for other recipients, id={txn.mail_id}")
             return Outcome(Action.TEMPFAIL, reply, decisions=outcome.decisions)
@@ -187,9 +218,12 @@ def _pass_edits(config, policy, txn, outcome: Outcome, findings, scanned: bool, 
                         ", ".join(f"<{r}>" for g in left for r in g.rcpts), ", ".join(f"<{r}>" for r in kept.rcpts))
     gone = {r for g in resubmitted for r in g.rcpts}
     stay_extended = {old: new for old, new in extension.items() if old not in gone}
+    headers = common + kept.headers + last
+    if key is not None:
+        headers += _signature(resubmit.message_bytes(txn.spool.read(), headers), key, txn.mail_id)
     return Outcome(
         Action.CONTINUE,
-        headers=common + kept.headers,
+        headers=headers,
         del_rcpts=outcome.del_rcpts + tuple(r for g in resubmitted for r in g.rcpts) + tuple(stay_extended),
         add_rcpts=tuple(stay_extended.values()),
         notify_sender=notify,
@@ -197,7 +231,38 @@ def _pass_edits(config, policy, txn, outcome: Outcome, findings, scanned: bool, 
     )
 
 
-def _resubmit(config, txn, common, groups, extension):
+# Mail leaving with one of these main categories (to lovers) is never signed: our signature
+# would vouch for it.
+_NOT_SIGNED = frozenset({Ccat.VIRUS, Ccat.BANNED, Ccat.SPAM, Ccat.SPAMMY})
+
+
+def _signing_key(config, policy, txn, passed):
+    """The DKIM key to sign this passed mail with (auth/dkimsign.py), or None: only with
+    dkim_sign on, in an originating bank, for a From domain with a key, a message stored
+    whole, and no passed recipient getting it as virus, banned, spam or spammy."""
+    if config is None or not policy.dkim_sign or not policy.originating or getattr(txn.spool, "truncated", False):
+        return None
+    if any(d.main in _NOT_SIGNED for d in passed):
+        log.info("mail_id %s: not DKIM-signed: it leaves as %s", txn.mail_id,
+                 ", ".join(sorted({d.main.name for d in passed if d.main in _NOT_SIGNED})))
+        return None
+    author = dmarc.author_domain([v for n, v in txn.headers if n.lower() == "from"])
+    return dkimsign.key_for(config["dkim_signing_keys"], author)
+
+
+def _signature(data: bytes, key, mail_id: str) -> tuple[HeaderEdit, ...]:
+    """The DKIM-Signature field for `data` (the message as it leaves), inserted at the top
+    after our other edits; none (and a warning) when dkimpy refuses."""
+    try:
+        value = dkimsign.signature(data, key)
+    except dkimsign.SignFailed as exc:
+        log.warning("mail_id %s: not DKIM-signed for %s: %s", mail_id, key.domain, exc)
+        return ()
+    log.debug("mail_id %s: DKIM-signed d=%s s=%s a=%s", mail_id, key.domain, key.selector, key.algorithm)
+    return (HeaderEdit("DKIM-Signature", value, "insert"),)
+
+
+def _resubmit(config, txn, common, groups, extension, last=(), key=None):
     """(groups sent, groups left in this transaction); (None, ...) when the first failed."""
     settings = config["resubmit"]
     if not settings["socket"] or getattr(txn.spool, "truncated", False):
@@ -207,7 +272,10 @@ def _resubmit(config, txn, common, groups, extension):
     sent = []
     for i, group in enumerate(groups):
         rcpts = [dataclasses.replace(rcpt_by_addr[a], addr=extension.get(a, a)) for a in group.rcpts]
-        data = resubmit.message_bytes(raw, common + group.headers)
+        headers = common + group.headers + last
+        if key is not None:
+            headers += _signature(resubmit.message_bytes(raw, headers), key, txn.mail_id)
+        data = resubmit.message_bytes(raw, headers)
         try:
             reply = resubmit.send(settings, config.myhostname, txn, rcpts, data)
         except resubmit.ResubmitFailed as exc:

@@ -118,6 +118,40 @@ def cmd_expire(config, args) -> int:
     return 0
 
 
+def _databases(config) -> list[sqlstore.Database]:
+    """The quarantine index, and the SQL log's database when that is another one."""
+    from . import sqllog
+    dbs = [keep.keeper(config).db]
+    sql = sqllog.sql_log(config)
+    if sql is not None and sql.url != keep.keeper(config).url:
+        dbs.append(sql.db)
+    return dbs
+
+
+def cmd_sql_init(config, args) -> int:
+    """Create the tables that are missing (amavis's msgs, msgrcpt, maddr, quarantine and ours)."""
+    try:
+        for db in _databases(config):
+            print(f"{db.where}: tables ready")
+    except sqlstore.StoreError as exc:
+        return _fail(str(exc))
+    return 0
+
+
+def cmd_sql_expire(config, args) -> int:
+    """Kept messages (files too) and logged ones older than --days."""
+    status = cmd_expire(config, args)
+    if status:
+        return status
+    cutoff = time.time() - args.days * 86400
+    try:
+        gone = sum(len(db.expire(cutoff)) for db in _databases(config))
+    except sqlstore.StoreError as exc:
+        return _fail(str(exc))
+    print(f"expired {gone} logged message(s) older than {args.days:g} day(s)")
+    return 0
+
+
 def cmd_orphans(config, args) -> int:
     """Files without an index entry: writes interrupted before the milter answered."""
     keeper = keep.keeper(config)

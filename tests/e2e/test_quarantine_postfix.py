@@ -79,8 +79,15 @@ def with_subject(subj):
     return lambda m: str(m.message["Subject"] or "").endswith(subj)
 
 
-def mail_id_of(proc: PymavisProcess, subj_reply: str) -> str:
-    return subj_reply.split("id=", 1)[1].split()[0]
+def mail_id_of(reply_text: str) -> str:
+    return reply_text.split("id=", 1)[1].split()[0]
+
+
+def logged_mail_id(proc: PymavisProcess, needle: str) -> str:
+    """The mail_id on the last main log line containing `needle`."""
+    proc.wait_log(needle)
+    line = next(l for l in reversed(proc.log_text().splitlines()) if needle in l)
+    return line.split("mail_id: ", 1)[1].split(",")[0]
 
 
 def cli(proc: PymavisProcess, *args):
@@ -114,7 +121,7 @@ def postfix(public_tmp, sink, pymavis, resubmit_port):
 def refused_and_kept(postfix, proc, subj):
     reply = postfix.send("mx", SENDER, [BOB], banned(subj))
     assert reply.code == 554 and "BANNED" in reply.text, reply
-    mail_id = mail_id_of(proc, reply.text)
+    mail_id = mail_id_of(reply.text)
     entry = keep.keeper(load(proc.conf)).db.entry(mail_id)
     return mail_id, entry
 
@@ -148,7 +155,7 @@ def test_refused_kept_in_files_and_sqlite_and_released_once(postfix, sink, pymav
 
 @pytest.fixture(scope="module")
 def pg_pymavis(tmp_path_factory, postgres, resubmit_port):
-    extra = f'quarantine: {{database: "{postgres.create_database("quar")}"}}\n'
+    extra = f'quarantine: {{database: "{postgres.create_database("quar")}"}}\nsql_log: {{enabled: true}}\n'
     proc = PymavisProcess(str(tmp_path_factory.mktemp("pymavis-pg")), config(resubmit_port, extra, "sql")).start()
     yield proc
     assert proc.stop() == 0
@@ -170,6 +177,36 @@ def test_the_postgresql_store_keeps_and_releases_once(pg_postfix, postfix, sink,
     assert cli(pg_pymavis, "release", mail_id).returncode == 1
     postfix.wait_for_empty_queue()
     assert len([m for m in sink.messages if with_subject(subj)(m)]) == 1
+
+
+def test_sql_log_rows_in_postgresql_answer_amavis_queries(pg_postfix, sink, pg_pymavis):
+    """Every message in msgs/msgrcpt (the clean one through the SQL log's thread, the banned one
+    with its quarantine entry), and amavis's own example query from README.sql-pg over them."""
+    from sqlalchemy import create_engine, text
+    from harness.postgres import AMAVIS_QUERIES
+    subj = subject("clean-pg")
+    clean = (f"From: {SENDER}\r\nTo: {BOB}\r\nSubject: {subj}\r\nMessage-ID: <{uuid.uuid4().hex}@example.org>\r\n"
+             "\r\nhello\r\n").encode()
+    assert pg_postfix.send("mx", SENDER, [BOB], clean).code == 250
+    arrived(sink, with_subject(subj))
+    mail_id = logged_mail_id(pg_pymavis, "Passed CLEAN")
+    banned_id, _ = refused_and_kept(pg_postfix, pg_pymavis, subject("banned-pg-log"))
+    url = load(pg_pymavis.conf)["quarantine"]["database"]
+    engine = create_engine(url)
+    try:
+        def logged():
+            with engine.connect() as conn:
+                got = dict(conn.execute(text(
+                    "SELECT convert_from(msgs.mail_id, 'UTF8'), msgrcpt.ds FROM msgs JOIN msgrcpt "
+                    "ON msgs.mail_id = msgrcpt.mail_id")).all())
+            return got if mail_id in got and banned_id in got else None
+        got = wait_until(logged, 30, what="both messages in msgs/msgrcpt")
+        assert (got[mail_id], got[banned_id]) == ("P", "R")
+        with engine.connect() as conn:
+            recent = conn.execute(text(AMAVIS_QUERIES["mail from last two minutes"])).all()
+        assert {r.c for r in recent} >= {"C", "B"}
+    finally:
+        engine.dispose()
 
 
 # --- MTA hold ----------------------------------------------------------------------------------
@@ -200,8 +237,7 @@ def test_mta_hold_shows_in_the_hold_queue_and_release_moves_it_on(hold_postfix, 
     assert reply.code == 250, reply
     held = wait_until(lambda: next((q for q in hold_postfix.queue() if q["queue_name"] == "hold"), None), 30,
                       what="a message in the hold queue")
-    line = hold_pymavis.wait_log("Blocked BANNED {HeldInbound}")
-    mail_id = line.split("mail_id: ", 1)[1].split(",")[0]
+    mail_id = logged_mail_id(hold_pymavis, f"Blocked BANNED {{HeldInbound}}")
     listed = cli(hold_pymavis, "quarantine", "list")
     assert mail_id in listed.stdout and f"hold:{held['queue_id']}" in listed.stdout, listed.stdout
     done = cli(hold_pymavis, "release", mail_id)

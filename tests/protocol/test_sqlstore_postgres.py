@@ -10,6 +10,7 @@ import time
 import pytest
 from sqlalchemy import text
 
+from harness.postgres import AMAVIS_QUERIES
 from pymavis.sqlstore import Database, StoreError
 from unit import test_sqlstore as cases
 
@@ -124,47 +125,6 @@ def test_works_on_tables_amavis_created(empty_url):
     finally:
         database.close()
 
-
-# Example queries from amavis's README.sql-pg ("Some examples of a query"), verbatim.
-AMAVIS_QUERIES = {
-    "mail from last two minutes": """
-SELECT
-  now()-time_iso AS age, SUBSTRING(policy,1,2) as pb,
-  msgrcpt.content AS c, dsn_sent as dsn, ds, bspam_level AS level, size,
-  SUBSTRING(convert_from(sender.email,'UTF8'),1,18) AS s,
-  SUBSTRING(recip.email,1,18)  AS r,
-  SUBSTRING(msgs.subject,1,10) AS subj
-  FROM msgs LEFT JOIN msgrcpt         ON msgs.mail_id=msgrcpt.mail_id
-            LEFT JOIN maddr AS sender ON msgs.sid=sender.id
-            LEFT JOIN maddr AS recip  ON msgrcpt.rid=recip.id
-  WHERE msgrcpt.content IS NOT NULL AND now() - time_iso < INTERVAL '2 minutes'
-  ORDER BY msgs.time_num DESC""",
-    "clean messages ordered by count, grouped by domain": """
-SELECT count(*) as cnt, avg(bspam_level), sender.domain
-  FROM msgs
-  LEFT JOIN msgrcpt ON msgs.mail_id=msgrcpt.mail_id
-  LEFT JOIN maddr AS sender ON msgs.sid=sender.id
-  LEFT JOIN maddr AS recip ON msgrcpt.rid=recip.id
-  WHERE msgrcpt.content='C'
-  GROUP BY sender.domain ORDER BY cnt DESC LIMIT 50""",
-    "top spamy domains with >10 messages": """
-SELECT count(*) as cnt, avg(bspam_level) as spam_avg, sender.domain
-  FROM msgs
-  LEFT JOIN msgrcpt ON msgs.mail_id=msgrcpt.mail_id
-  LEFT JOIN maddr AS sender ON msgs.sid=sender.id
-  LEFT JOIN maddr AS recip ON msgrcpt.rid=recip.id
-  WHERE bspam_level IS NOT NULL
-  GROUP BY sender.domain HAVING count(*) > 10
-  ORDER BY spam_avg DESC LIMIT 50""",
-    "sender domains with >100 messages": """
-SELECT count(*) as cnt, avg(bspam_level) as spam_avg, sender.domain
-  FROM msgs
-  LEFT JOIN msgrcpt ON msgs.mail_id=msgrcpt.mail_id
-  LEFT JOIN maddr AS sender ON msgs.sid=sender.id
-  LEFT JOIN maddr AS recip ON msgrcpt.rid=recip.id
-  GROUP BY sender.domain HAVING count(*) > 100
-  ORDER BY sender.domain DESC LIMIT 100""",
-}
 
 # What each query gives for the rows below: 11 recent messages from sender.sub.example.org.
 EXPECTED = {

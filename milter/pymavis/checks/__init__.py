@@ -9,7 +9,9 @@ A check that could not do its work says so (`could_not_check`, with why); the pi
 turns that into UNCHECKED for every recipient, never into clean.
 
 The order in which checks run is stated here, in CHECKS, and nowhere else: size, then the
-header section, then decoding (its problems are UNCHECKED), then virus scanners, then
+header section, then authentication (DKIM, SPF, DMARC: no findings, only the results for
+the Authentication-Results field; early, so that a policy bank chosen by a verified author
+can come later), then decoding (its problems are UNCHECKED), then virus scanners, then
 banned content, then spam, as in amavisd-new. The spamd call may begin early (the
 pipeline calls checks.spam.start) so that clamd and spamd scan one message at once; its
 result is taken in its place in the order.
@@ -38,6 +40,7 @@ class CheckResult:
     scanned_by: tuple[str, ...] = ()     # virus scanners that answered (X-Virus-Scanned)
     tempfail: str | None = None          # why the whole message must be tried again later
     spam: object | None = None           # checks.spam.SpamView: the verdict and each recipient's judgement
+    auth: object | None = None           # checks.auth.AuthView: DKIM/SPF/DMARC results, our A-R field
 
 
 @dataclass
@@ -56,6 +59,9 @@ class Scan:
     spam_scanners: tuple = ()       # checks.spam.SpamScanner, tried in order
     spam_cache: object | None = None  # checks.spam.VerdictCache
     myhostname: str = "localhost"
+    dns: object | None = None       # auth.resolver.Lookup for the authentication checks; None: they do not run
+    dns_deadline_s: float = 20.0    # the DNS time one message's authentication may take
+    authserv_id: str = "localhost"  # ours in Authentication-Results
     spam_pending: object | None = None
     found: list = field(default_factory=list)  # findings of the checks that ran so far
     decoded: bool = field(default=False, init=False)
@@ -125,8 +131,8 @@ def decode_gate(walks: int, budget: int) -> DecodeGate:
 
 
 def _registry():
-    from . import banned, content, headers, size, spam, virus
-    return (size.check, headers.check, content.check, virus.check, banned.check, spam.check)
+    from . import auth, banned, content, headers, size, spam, virus
+    return (size.check, headers.check, auth.check, content.check, virus.check, banned.check, spam.check)
 
 
 CHECKS = _registry()

@@ -178,8 +178,24 @@ POLICY_SETTINGS = _settings(
     Setting("split_recipients_at_rcpt", Bool(), False,
             "at RCPT, answer 452 4.5.3 to a recipient whose policy differs from the first one's "
             "(inbound MX banks only; see docs/spam.md)"),
+    Setting("sql_log_failure_is_fatal", Bool(), False,
+            "with sql_log on: write the message's rows before answering, and TEMPFAIL when the database "
+            "fails (default: queue them, keep a backlog while it is away)"),
     Setting("on_internal_error", Enum(("tempfail", "accept")), "tempfail",
             "answer when pymavis itself fails: tempfail keeps the mail in the MTA's queue"),
+    # authentication of arriving mail (pymavis/auth, checks/auth.py, docs/authentication.md)
+    Setting("dkim_verify", Bool(), False,
+            "verify every DKIM signature (at most 5) and report it in Authentication-Results"),
+    Setting("spf_verify", Bool(), False,
+            "check SPF for the envelope sender (HELO for <>) and report it; never for originating mail"),
+    Setting("dmarc_verify", Bool(), False,
+            "evaluate the From domain's DMARC policy and report it (runs DKIM and SPF too); "
+            "never for originating mail"),
+    Setting("dkim_min_key_bits", Int(minimum=0), 1024,
+            "a signature verified with a smaller RSA key is reported dkim=policy, not pass"),
+    Setting("dkim_sign", Bool(), False,
+            "sign passed originating mail with the dkim_signing_keys key of its From domain "
+            "(not mail leaving as virus, banned, spam or spammy)"),
 )
 
 _MILTER_SETTINGS = {
@@ -204,13 +220,16 @@ MILTER_DEFAULTS = {
     "scan_deadline_s": 240,  # below Postfix's milter_content_timeout (300 s)
     "shutdown_grace_s": 30,  # how long SIGTERM waits for messages in flight
 }
+_LOG_LEVELS = Enum(("debug", "info", "notice", "warning", "error"))
 _LOG_SETTINGS = {
-    "level": Enum(("debug", "info", "notice", "warning", "error")),
+    "level": _LOG_LEVELS,
     "target": Enum(("stderr", "syslog")),
     "syslog_facility": Str(),
     "syslog_socket": Str(),
+    "timing_level": _LOG_LEVELS,   # the TIMING line of each message (observe.py)
 }
-LOG_DEFAULTS = {"level": "info", "target": "stderr", "syslog_facility": "mail", "syslog_socket": "/dev/log"}
+LOG_DEFAULTS = {"level": "info", "target": "stderr", "syslog_facility": "mail", "syslog_socket": "/dev/log",
+                "timing_level": "debug"}
 
 
 @dataclass(frozen=True)
@@ -399,6 +418,11 @@ _QUARANTINE_SETTINGS = {"dir": Str(nullable=True), "subdir_levels": Int(minimum=
 QUARANTINE_DEFAULTS = {"dir": None, "subdir_levels": 1, "gzip": False, "database": None, "partition_tag": 0,
                        "release_from_null_sender": False, "admins": ["root"], "postsuper": "postsuper",
                        "postfix_config_dir": None}
+_SQL_LOG_SETTINGS = {"enabled": Bool(), "database": Str(nullable=True), "queue_max": Int(minimum=1),
+                     "retry_s": Float(minimum=0.1)}
+SQL_LOG_DEFAULTS = {"enabled": False, "database": None, "queue_max": 10000, "retry_s": 10.0}
+
+
 class TemplatesDir(Str):
     """A folder of notice templates (relative to the config file), checked when loaded:
     an unknown macro or file name is an error here, not at the first notice."""
@@ -422,6 +446,146 @@ NOTIFY_DEFAULTS = {"queue_dir": None, "templates_dir": None,
                    "hdrfrom_notify_sender": '"Content-filter at {myhostname}" <postmaster@{myhostname}>',
                    "hdrfrom_notify_admin": '"Content-filter at {myhostname}" <postmaster@{myhostname}>',
                    "mailfrom_notify_admin": "", "retry_s": 60.0, "max_age_s": 5 * 86400.0}
+
+
+_REDACT_SETTINGS = {"addresses": Bool(), "subjects": Bool()}
+REDACT_DEFAULTS = {"addresses": False, "subjects": False}
+_EVENT_LOG_SETTINGS = {"target": Enum(("none", "file", "stdout", "syslog")), "path": Str(nullable=True),
+                       "redact": Section(_REDACT_SETTINGS, REDACT_DEFAULTS)}
+EVENT_LOG_DEFAULTS = {"target": "none", "path": None, "redact": REDACT_DEFAULTS}
+
+
+class ListenAddress(Str):
+    """HOST:PORT with HOST an IP address ([::1]:PORT for IPv6) or localhost -> (host, port)."""
+
+    def convert(self, value, ctx):
+        import ipaddress
+        value = super().convert(value, ctx)
+        if value is None:
+            return None
+        host, sep, port = value.rpartition(":")
+        if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+            raise SettingError(f"expected HOST:PORT (127.0.0.1:9911, [::1]:9911), got {value!r}")
+        host = host.strip("[]")
+        if host == "localhost":
+            host = "127.0.0.1"
+        try:
+            ipaddress.ip_address(host)
+        except ValueError:
+            raise SettingError(f"{value!r}: the host must be an IP address (127.0.0.1, [::1])") from None
+        return host, int(port)
+
+    def describe(self):
+        return "HOST:PORT or null"
+
+
+class MetricsSection(Section):
+    """`metrics:`; a non-loopback `listen` needs `allow_non_loopback: true`."""
+
+    def convert(self, value, ctx):
+        import ipaddress
+        out = super().convert(value, ctx)
+        if out["listen"] is not None and not out["allow_non_loopback"]:
+            host = out["listen"][0]
+            if not ipaddress.ip_address(host).is_loopback:
+                raise SettingError(f"{host} is not a loopback address: metrics are not authenticated; set "
+                                   "allow_non_loopback: true to serve them beyond this host", ("listen",))
+        return out
+
+
+_METRICS_SETTINGS = {"listen": ListenAddress(nullable=True), "allow_non_loopback": Bool()}
+METRICS_DEFAULTS = {"listen": None, "allow_non_loopback": False}
+
+
+class NameServers(Type):
+    """Name servers by IP address (a string or a list): '192.0.2.53', '192.0.2.53:5353',
+    '[2001:db8::53]:5353' -> ((address, port), ...); null: /etc/resolv.conf."""
+
+    nullable = True
+
+    def convert(self, value, ctx):
+        from pymavis.auth.resolver import parse_server
+        if value is None:
+            return None
+        items = value if isinstance(value, list) else [value]
+        out = []
+        for i, item in enumerate(items):
+            if not isinstance(item, str):
+                raise SettingError(f"expected an IP address (optionally :PORT), got {_type_name(item)}",
+                                   (i,) if isinstance(value, list) else ())
+            try:
+                out.append(parse_server(item))
+            except ValueError as exc:
+                raise SettingError(str(exc), (i,) if isinstance(value, list) else ()) from None
+        return tuple(out)
+
+    def describe(self):
+        return "an IP address or a list of them, or null"
+
+
+class AuthservId(Str):
+    """Our authserv-id (RFC 8601 2.5): a token such as a host name; null: myhostname."""
+
+    def convert(self, value, ctx):
+        from pymavis.auth.header import is_token
+        value = super().convert(value, ctx)
+        if value is not None and not is_token(value):
+            raise SettingError(f"{value!r} is not a valid authserv-id: use a host name, without spaces or ;()\"")
+        return value
+
+
+_SIGNING_KEY_FIELDS = {"selector": Str(nonempty=True), "key_file": Str(nonempty=True),
+                       "algorithm": Enum(("rsa-sha256", "ed25519-sha256")), "headers": StrList(),
+                       "oversign": StrList()}
+
+
+class SigningKeys(Type):
+    """{DOMAIN: {selector, key_file, algorithm, headers, oversign}} -> {domain: dkimsign.SigningKey};
+    `.example.com` also covers subdomains. Key files (relative to this file) are read and
+    checked here."""
+
+    def convert(self, value, ctx):
+        from pymavis.auth import dkimsign
+        from pymavis.auth.header import is_token
+        if value is None:
+            return {}
+        if not isinstance(value, dict):
+            raise SettingError(f"expected a mapping of domains to keys, got {_type_name(value)}")
+        section = Section(_SIGNING_KEY_FIELDS, {"algorithm": "rsa-sha256", "headers": dkimsign.DEFAULT_HEADERS,
+                                                "oversign": dkimsign.DEFAULT_OVERSIGN})
+        out = {}
+        for raw_domain, item in value.items():
+            domain = str(raw_domain).lower().rstrip(".")
+            if not re.fullmatch(r"\.?[a-z0-9_-]+(\.[a-z0-9_-]+)*", domain):
+                raise SettingError(f"{domain!r} is not a domain name (example.com, or .example.com with subdomains)",
+                                   (raw_domain,))
+            try:
+                fields = section.convert(item, ctx)
+                for key in ("selector", "key_file"):
+                    if key not in (item or {}):
+                        raise SettingError(f"a signing key needs {key!r}")
+                if not is_token(fields["selector"]) or "/" in fields["selector"]:
+                    raise SettingError(f"bad selector {fields['selector']!r}", ("selector",))
+                path = os.path.join(ctx.base_dir, fields["key_file"])
+                try:
+                    private = dkimsign.read_key(path, fields["algorithm"])
+                except OSError as exc:
+                    raise SettingError(f"cannot read {path}: {exc.strerror}", ("key_file",)) from None
+                except dkimsign.BadKey as exc:
+                    raise SettingError(str(exc), ("key_file",)) from None
+            except SettingError as exc:
+                raise SettingError(str(exc), (raw_domain,) + exc.path) from None
+            out[domain] = dkimsign.SigningKey(domain.lstrip("."), fields["selector"], fields["algorithm"], private,
+                                              tuple(h.lower() for h in fields["headers"]),
+                                              tuple(h.lower() for h in fields["oversign"]))
+        return out
+
+    def describe(self):
+        return "a mapping of domains to signing keys"
+
+
+_DNS_SETTINGS = {"resolver": NameServers(), "timeout_s": Float(minimum=0.1), "deadline_s": Float(minimum=0.1)}
+DNS_DEFAULTS = {"resolver": None, "timeout_s": 5.0, "deadline_s": 20.0}
 
 
 class _IpBankList(Type):
@@ -474,10 +638,26 @@ GLOBAL_SETTINGS = _settings(
     Setting("notify", Section(_NOTIFY_SETTINGS, NOTIFY_DEFAULTS), NOTIFY_DEFAULTS,
             "notifications (sent to resubmit.socket): queue_dir (default STATE_DIR/notify), templates_dir, "
             "From: header lines, envelope sender of admin notices ('' is <>), retry_s, max_age_s"),
+    Setting("sql_log", Section(_SQL_LOG_SETTINGS, SQL_LOG_DEFAULTS), SQL_LOG_DEFAULTS,
+            "log every message in amavis's msgs/msgrcpt/maddr tables: enabled, database (default: "
+            "quarantine.database), queue_max, retry_s"),
+    Setting("authserv_id", AuthservId(nullable=True), None,
+            "our name in Authentication-Results (default: myhostname); arriving fields with it are removed"),
+    Setting("dkim_signing_keys", SigningKeys(), {},
+            "DKIM keys by From domain for dkim_sign: {DOMAIN: {selector, key_file, algorithm, headers, oversign}}"),
+    Setting("dns", Section(_DNS_SETTINGS, DNS_DEFAULTS), DNS_DEFAULTS,
+            "DNS for the authentication checks: resolver (name server addresses; null: /etc/resolv.conf), "
+            "timeout_s (one lookup), deadline_s (all lookups of one message)"),
     Setting("mynets_bank", Str(nullable=True), "MYNETS", "bank loaded when the client is in mynetworks"),
     Setting("auth_bank", Str(nullable=True), "AUTH", "bank loaded when the client authenticated (SMTP AUTH)"),
     Setting("myusers_bank", Str(nullable=True), "MYUSERS",
             "bank loaded when originating mail has a sender in local_domains"),
+    Setting("event_log", Section(_EVENT_LOG_SETTINGS, EVENT_LOG_DEFAULTS), EVENT_LOG_DEFAULTS,
+            "one JSON event per message (amavis's structured_report fields): target none, file, stdout or "
+            "syslog; path (file; default STATE_DIR/events.jsonl); redact addresses and/or subjects"),
+    Setting("metrics", MetricsSection(_METRICS_SETTINGS, METRICS_DEFAULTS), METRICS_DEFAULTS,
+            "Prometheus metrics over HTTP: listen HOST:PORT (null: off; loopback only unless "
+            "allow_non_loopback: true)"),
 )
 
 # Banks a selector may load without a file defining them, and what they imply.
