@@ -117,6 +117,22 @@ def _quarantine_command(func):
     return run
 
 
+def cmd_dkim_genkey(args) -> int:
+    from .auth import genkey
+    try:
+        path, record = genkey.genkey(args.domain, args.selector, args.dir, args.type, args.force)
+    except genkey.GenKeyError as exc:
+        print(f"pymavis: {exc}", file=sys.stderr)
+        return 1
+    domain, selector = args.domain.rstrip(".").lower(), args.selector.lower()
+    print(f"# wrote {path} (mode 0600)")
+    print("# publish in DNS:")
+    print(genkey.zone_lines(domain, selector, record))
+    print("# and add to the configuration (the key signs in banks with dkim_sign: true):")
+    print(genkey.config_snippet(domain, selector, path, args.type))
+    return 0
+
+
 def cmd_version(args) -> int:
     print(f"pymavis {__version__}")
     return 0
@@ -203,6 +219,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--delete", action="store_true", help="delete the given messages instead of releasing them")
     p.add_argument("--expire", type=float, metavar="DAYS", help="delete what was kept more than DAYS days ago")
     p.set_defaults(func=_quarantine_command("cmd_release"))
+
+    p = sub.add_parser("dkim", help="DKIM keys", description="DKIM signing keys (docs/authentication.md).")
+    dsub = p.add_subparsers(dest="action", required=True, metavar="ACTION")
+    q = dsub.add_parser("genkey", help="write a signing key and print its DNS TXT record",
+                        description="Write DIR/DOMAIN.SELECTOR.key (mode 0600) and print the TXT record "
+                                    "SELECTOR._domainkey.DOMAIN and the dkim_signing_keys entry.")
+    q.add_argument("domain", metavar="DOMAIN")
+    q.add_argument("selector", metavar="SELECTOR")
+    q.add_argument("--type", choices=("rsa", "ed25519"), default="rsa", help="rsa (2048 bits, default) or ed25519")
+    q.add_argument("--dir", default="/etc/pymavis/dkim", help="where the key goes (default: %(default)s)")
+    q.add_argument("--force", action="store_true", help="replace an existing key file")
+    q.set_defaults(func=cmd_dkim_genkey)
 
     p = sub.add_parser("version", help="print the version", description="Print the version.")
     p.set_defaults(func=cmd_version)
