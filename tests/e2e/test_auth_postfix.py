@@ -1,0 +1,109 @@
+"""DKIM behind a real Postfix: mail submitted on the ORIGINATING listener leaves signed with a
+key made by `pymavis dkim genkey` (the signature verifies with dkimpy after Postfix
+delivered it), and the same message arriving on the MX listener is verified against the key
+"published" by a fake DNS server: one Authentication-Results field of ours with dkim=pass,
+the one it carried from the first pass removed; a name server that does not answer gives
+temperror, never fail."""
+
+from __future__ import annotations
+
+import uuid
+
+import dkim
+import pytest
+
+from harness.fakedns import FakeDNS
+from harness.net import free_port, wait_until
+from harness.postfix import PostfixInstance
+from harness.pymavisd import PymavisProcess
+
+from pymavis.auth import genkey
+
+SENDER, BOB = "sender@example.org", "bob@example.net"
+
+
+def config(key_path: str, dns_spec: str) -> str:
+    return f"""\
+mydomain: example.test
+authserv_id: filter.test
+dns: {{resolver: "{dns_spec}", timeout_s: 2, deadline_s: 5}}
+daemon_name_policy: {{ORIGINATING: ORIGINATING}}
+dkim_signing_keys:
+  example.org: {{selector: e2e, key_file: "{key_path}"}}
+policy:
+  mynetworks: [10.0.0.0/8]
+  local_domains: [example.net]
+  dkim_verify: true
+"""
+
+
+BANKS = {"banks.yaml": "ORIGINATING:\n  originating: true\n  dkim_sign: true\n"}
+
+
+def message(subj: str) -> bytes:
+    return (f"From: {SENDER}\r\nTo: {BOB}\r\nSubject: {subj}\r\nDate: Thu, 3 Dec 2026 07:00:00 +0000\r\n"
+            f"Message-ID: <{uuid.uuid4().hex}@example.org>\r\n\r\nhello, signed\r\n").encode()
+
+
+def delivered(sink, subj):
+    return wait_until(lambda: next((m for m in sink.messages if str(m.message["Subject"]) == subj), None), 60,
+                      what=f"delivery of {subj!r}")
+
+
+@pytest.fixture(scope="module")
+def key(tmp_path_factory):
+    path, record = genkey.genkey("example.org", "e2e", str(tmp_path_factory.mktemp("dkim")))
+    return path, record
+
+
+@pytest.fixture(scope="module")
+def dns_server(key):
+    with FakeDNS({"e2e._domainkey.example.org": key[1]}) as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def pymavis(tmp_path_factory, key, dns_server):
+    proc = PymavisProcess(str(tmp_path_factory.mktemp("pymavis-auth")), config(key[0], dns_server.spec),
+                          BANKS).start()
+    yield proc
+    assert proc.stop() == 0
+
+
+@pytest.fixture(scope="module")
+def postfix(public_tmp, sink, pymavis):
+    with PostfixInstance(public_tmp / "postfix-auth", sink_port=sink.port, milter=pymavis.socket_spec) as pf:
+        yield pf
+
+
+def test_submitted_mail_leaves_signed_and_arrives_verified(postfix, sink, key):
+    subj = f"signed {uuid.uuid4().hex[:8]}"
+    assert postfix.send("submission", SENDER, [BOB], message(subj)).code == 250
+    first = delivered(sink, subj)
+    assert first.message["DKIM-Signature"] is not None
+    record = key[1].encode()
+    assert dkim.verify(first.data, dnsfunc=lambda name, timeout=5: record)
+    sink.clear()
+    assert postfix.send("mx", SENDER, [BOB], first.data).code == 250
+    second = delivered(sink, subj)
+    fields = second.message.get_all("Authentication-Results")
+    ours = [f for f in fields if str(f).startswith("filter.test")]
+    assert len(ours) == 1, fields
+    assert "dkim=pass" in str(ours[0]) and "header.d=example.org" in str(ours[0]) and "header.s=e2e" in str(ours[0])
+
+
+def test_a_name_server_that_does_not_answer_gives_temperror(tmp_path_factory, public_tmp, sink, key):
+    dead = f"127.0.0.1:{free_port()}"
+    proc = PymavisProcess(str(tmp_path_factory.mktemp("pymavis-auth-dead")), config(key[0], dead), BANKS).start()
+    try:
+        with PostfixInstance(public_tmp / "postfix-auth-dead", sink_port=sink.port, milter=proc.socket_spec) as pf:
+            subj = f"dead dns {uuid.uuid4().hex[:8]}"
+            assert pf.send("submission", SENDER, [BOB], message(subj)).code == 250
+            signed = delivered(sink, subj)
+            sink.clear()
+            assert pf.send("mx", SENDER, [BOB], signed.data).code == 250
+            got = delivered(sink, subj)
+            ours = [str(f) for f in got.message.get_all("Authentication-Results") if str(f).startswith("filter.test")]
+            assert len(ours) == 1 and "dkim=temperror" in ours[0], ours
+    finally:
+        assert proc.stop() == 0
