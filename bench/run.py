@@ -136,6 +136,7 @@ from harness.net import LOOPBACK, die_with_parent, free_port, port_is_open, wait
 from harness.postfix import PostfixError, PostfixInstance  # noqa: E402
 
 import messages  # noqa: E402
+import observe  # noqa: E402
 import sender  # noqa: E402
 import spam  # noqa: E402
 import virus  # noqa: E402
@@ -387,7 +388,14 @@ SPAM = Profile("spam", "Spam profile",
                 ("spamd-mirv", "spamd alone, MIRV stream"),
                 ("pymavis-mirv", "+ pymavis + spamd, cache on, MIRV stream")),
                smtp_source=False, messages=200, warmup=40)
-PROFILES = {p.name: p for p in (PASS_THROUGH, DECODE, VIRUS, SPAM)}
+# bench/observe.py: full logging and DKIM on the pass-through mix.
+OBSERVE = Profile("observe", "Observe profile (logging, DKIM)",
+                  (("null", "+ null milter"), ("pymavis", "+ pymavis, logging off"),
+                   ("pymavis-logging", "+ pymavis, JSON + SQL + metrics"),
+                   ("pymavis-verify", "+ pymavis, DKIM verify + A-R"),
+                   ("pymavis-sign", "+ pymavis, DKIM signing RSA-2048")),
+                  smtp_source=False)
+PROFILES = {p.name: p for p in (PASS_THROUGH, DECODE, VIRUS, SPAM, OBSERVE)}
 # Targets of the virus profile (issue: virus profile), medians of the same run.
 TARGET_VIRUS_RATIO = 0.45        # pymavis (decoding, banned rules, clamd zFILDES) / Postfix alone
 AMAVIS_VIRUS_RATIO = 0.10        # amavisd-new with decoding + clamd, per the issue (not measured here)
@@ -559,8 +567,9 @@ class Bench:
     """One profile: its sink, milters and Postfix instances, its phases."""
 
     def __init__(self, args, workdir: Path, profile: Profile, mix, messages_per_phase: int,
-                 clamd=None, spamd=None):
+                 clamd=None, spamd=None, keys=None):
         self.args = args
+        self.keys = keys            # observe profile: bench/observe.py Keys (stopped by the caller)
         self.workdir = workdir
         self.profile = profile
         self.mix = mix
@@ -608,6 +617,10 @@ class Bench:
                 milter, addr = start_pymavis(self.workdir, self.args.milter_socket, key, top=top,
                                              policy=spam.POLICY,
                                              why=f"spam profile, spamd, cache {'off' if not ttl else 'on'}")
+            elif key in ("pymavis-logging", "pymavis-verify", "pymavis-sign"):
+                top, policy, why = observe.variant_settings(key, self.keys)
+                milter, addr = start_pymavis(self.workdir, self.args.milter_socket, key, top=top, policy=policy,
+                                             why=why)
             elif key == "pymavis":
                 milter, addr = start_pymavis(self.workdir, self.args.milter_socket, key)
             if milter:
@@ -1151,6 +1164,43 @@ def render_pass_through(args, run: ProfileRun) -> tuple[list[str], bool, list[st
     return out, ok, warnings
 
 
+def render_observe(args, run: ProfileRun) -> tuple[list[str], bool, list[str]]:
+    """bench/observe.py's targets: full logging's throughput, DKIM's CPU per message."""
+    phases, titles = run.phases, run.titles
+    base = medians(phases, "pymavis")
+    logging_, verify, sign = (medians(phases, k) for k in ("pymavis-logging", "pymavis-verify", "pymavis-sign"))
+    tp = logging_["msgs_per_s"] / base["msgs_per_s"]
+    verify_ms = verify["milter_cpu_ms_per_msg"] - base["milter_cpu_ms_per_msg"]
+    sign_ms = sign["milter_cpu_ms_per_msg"] - base["milter_cpu_ms_per_msg"]
+    checks = [(tp >= observe.TARGET_LOGGING_RATIO,
+               f"- full logging (JSON + SQL + metrics): {tp:.2f} x pymavis with logging off (throughput) "
+               f"{'>=' if tp >= observe.TARGET_LOGGING_RATIO else '<'} target {observe.TARGET_LOGGING_RATIO:.2f}"),
+              (verify_ms <= observe.TARGET_VERIFY_MS,
+               f"- DKIM verify + A-R: {verify_ms:.2f} ms pymavis CPU per message over pymavis as shipped "
+               f"{'<=' if verify_ms <= observe.TARGET_VERIFY_MS else '>'} target {observe.TARGET_VERIFY_MS:g} ms"),
+              (sign_ms <= observe.TARGET_SIGN_MS,
+               f"- DKIM signing RSA-2048: {sign_ms:.2f} ms pymavis CPU per message over pymavis as shipped "
+               f"{'<=' if sign_ms <= observe.TARGET_SIGN_MS else '>'} target {observe.TARGET_SIGN_MS:g} ms")]
+    mix = ", ".join(f"{share}% {label}" for label, _, share in sender.SIZE_MIX)
+    out = [
+        f"### {run.profile.title}",
+        "",
+        f"- Parameters: {run.messages} messages per phase, concurrency {args.concurrency}, {args.reps} "
+        f"repetitions (interleaved, order rotated), warm-up {warmup_of(args, run.profile)} messages per variant, "
+        f"size mix {mix}; variants and method: bench/observe.py",
+        f"- Run time: {run.duration_s / 60:.1f} min",
+        "",
+        f"Medians of {args.reps} repetitions; \"x null\" is the ratio to the null milter in this run:",
+        "",
+        *main_table(phases, titles),
+        "",
+        "Targets:",
+        "",
+        *[f"{line}: {'met' if met else 'MISSED'}" for met, line in checks],
+    ]
+    return out, all(met for met, _ in checks), disturbed_warning(phases)
+
+
 def render_decode(args, run: ProfileRun, pass_through: ProfileRun | None) -> tuple[list[str], bool, list[str]]:
     phases, titles, mix = run.phases, run.titles, run.mix
     target_lines, ok, warnings = decode_verdicts(run, pass_through)
@@ -1534,6 +1584,8 @@ def render(args, info: dict, runs: dict[str, ProfileRun], duration_s: float, com
             lines, met, warn = render_virus(args, run, runs.get("decode"))
         elif name == "spam":
             lines, met, warn = render_spam(args, run)
+        elif name == "observe":
+            lines, met, warn = render_observe(args, run)
         else:
             lines, met, warn = render_pass_through(args, run)
         ok &= met
@@ -1704,7 +1756,7 @@ def spam_mix(args, spamd) -> tuple["spam.SpamMix", dict]:
 
 def run_profile(args, workdir: Path, profile: Profile) -> ProfileRun:
     started = time.monotonic()
-    decode_cost = clamd = clamd_info = spamd = spamd_info = bench = None
+    decode_cost = clamd = clamd_info = spamd = spamd_info = bench = keys = None
     try:
         if profile is DECODE:
             decode_cost = run_decode_cost(args, workdir)
@@ -1719,8 +1771,10 @@ def run_profile(args, workdir: Path, profile: Profile) -> ProfileRun:
             mix, spamd_info = spam_mix(args, spamd)
         else:
             mix = sender.SizeMix(seed=1)
+            if profile is OBSERVE:
+                keys = observe.Keys(workdir / profile.name / "dkim")
         n = args.messages or profile.messages
-        bench = Bench(args, workdir / profile.name, profile, mix, n, clamd=clamd, spamd=spamd)
+        bench = Bench(args, workdir / profile.name, profile, mix, n, clamd=clamd, spamd=spamd, keys=keys)
         log(f"{profile.name}: setting up in {bench.workdir}")
         bench.setup()
         phases = bench.run()
@@ -1734,6 +1788,8 @@ def run_profile(args, workdir: Path, profile: Profile) -> ProfileRun:
                 clamd.stop()
             except AssertionError as e:   # the harness's "did not exit after SIGTERM" (then killed)
                 print(f"bench: {e}", file=sys.stderr)
+        if keys is not None:
+            keys.stop()
         if spamd is not None:
             try:
                 spamd.stop()

@@ -2,7 +2,9 @@
 (sqlstore.py), so amavis's web front ends and reports read pymavis's traffic.
 
 Off the hot path: the pipeline hands the finished entry to a bounded queue and one writer
-thread commits it. When the database is away the entries wait (up to `queue_max`) and are
+thread commits what has queued up, up to BATCH entries in one transaction (one commit and
+one fsync for many messages; an entry the database refuses is found by writing them one
+at a time, logged and dropped). When the database is away the entries wait (up to `queue_max`) and are
 written once it is back; the log says how many wait, and how many were dropped when the
 queue was full (a gap in the log, never a delay or a refusal of mail).
 
@@ -16,11 +18,14 @@ the answer; it is not written again here.
 from __future__ import annotations
 
 import collections
+import itertools
 import threading
 import time
 
 from . import keep, sqlstore
 from .log import log
+
+BATCH = 200   # entries written in one transaction at most
 
 
 class SqlLog:
@@ -72,24 +77,35 @@ class SqlLog:
                     self._cond.wait()
                 if not self._pending:
                     return
-                entry = self._pending[0]
+                batch = list(itertools.islice(self._pending, BATCH))
             try:
-                self.db.put(entry)
-            except sqlstore.StoreError as exc:
-                if "already" in str(exc):   # written before (a retry after a lost commit reply)
-                    self._done()
-                    continue
-                if self._reachable():       # the database answers, this entry is what it refuses
-                    log.error("SQL log: mail_id %s not logged: %s", entry.mail_id, exc)
-                    self._done(written=False)
-                    continue
-                self._outage(exc)
-                with self._cond:
-                    self._cond.wait(self.retry_s)
-                    if self._stopping:
-                        return
+                self.db.put_many(batch)      # one commit for what queued up meanwhile
+            except sqlstore.StoreError:      # away, or it refuses one: go one at a time
+                if self._one(batch[0]) is None:
+                    with self._cond:
+                        self._cond.wait(self.retry_s)
+                        if self._stopping:
+                            return
                 continue
-            self._done()
+            self._done(len(batch))
+
+    def _one(self, entry) -> bool | None:
+        """Write the first pending entry alone: True written, False refused (dropped and
+        logged), None the database is away (it stays first)."""
+        try:
+            self.db.put(entry)
+        except sqlstore.StoreError as exc:
+            if "already" in str(exc):   # written before (a retry after a lost commit reply)
+                self._done(1)
+                return True
+            if self._reachable():       # the database answers, this entry is what it refuses
+                log.error("SQL log: mail_id %s not logged: %s", entry.mail_id, exc)
+                self._done(1, written=False)
+                return False
+            self._outage(exc)
+            return None
+        self._done(1)
+        return True
 
     def _reachable(self) -> bool:
         try:
@@ -98,10 +114,11 @@ class SqlLog:
             return False
         return True
 
-    def _done(self, written: bool = True) -> None:
+    def _done(self, n: int, written: bool = True) -> None:
         with self._cond:
-            self._pending.popleft()
-            self.written += written
+            for _ in range(n):
+                self._pending.popleft()
+            self.written += n if written else 0
             if self._down_since is not None:
                 log.warning("SQL log: database back after %.0f s; %d message(s) still waiting",
                             time.time() - self._down_since, len(self._pending))

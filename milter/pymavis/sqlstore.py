@@ -250,40 +250,55 @@ class Database:
     def put(self, entry: QEntry, source=None) -> None:
         """Store `entry` and, given `source` (bytes or a binary file object, read from where
         it is), the message as quarantine chunks; one transaction, durable when it returns."""
+        self._check(entry, source)
+        with self._transaction(f"store mail_id {entry.mail_id}") as conn:
+            self._put(conn, entry, source)
+
+    def put_many(self, entries: list[QEntry]) -> None:
+        """Store `entries` (no message bytes) in one transaction: all or none (the SQL log's
+        batches: one commit, one fsync, for what queued up while the last one was written)."""
+        for entry in entries:
+            self._check(entry, None)
+        with self._transaction(f"store {len(entries)} entries") as conn:
+            for entry in entries:
+                self._put(conn, entry, None)
+
+    def _check(self, entry: QEntry, source) -> None:
         if not entry.rcpts:
             raise StoreError(f"{self.where}: mail_id {entry.mail_id}: no recipients")
         if bad := [r.addr for r in entry.rcpts if r.quar_type and r.quar_type not in QUAR_TYPES]:
             raise StoreError(f"{self.where}: mail_id {entry.mail_id}: unknown quar_type for {', '.join(bad)}")
         if source is None and any(r.quar_type == "Q" for r in entry.rcpts):
             raise StoreError(f"{self.where}: mail_id {entry.mail_id}: quar_type 'Q' without the message")
+
+    def _put(self, conn, entry: QEntry, source) -> None:
         tag, first = self.partition_tag, next((r for r in entry.rcpts if r.quar_type), None)
-        with self._transaction(f"store mail_id {entry.mail_id}") as conn:
-            mail_id = _id(entry.mail_id)
-            ids = self._addr_ids(conn, [entry.sender, *(r.addr for r in entry.rcpts)])
-            try:
-                conn.execute(insert(msgs).values(
-                    partition_tag=tag, mail_id=mail_id, secret_id=_id(entry.secret_id), am_id=entry.log_id,
-                    time_num=int(entry.time), time_iso=datetime.fromtimestamp(entry.time, timezone.utc),
-                    sid=ids[entry.sender], policy=entry.policy, client_addr=entry.client_addr, size=entry.size,
-                    originating="Y" if entry.originating else "N", content=entry.content,
-                    quar_type=first.quar_type if first else " ", quar_loc=first.quar_loc if first else "",
-                    dsn_sent=entry.dsn_sent, spam_level=entry.spam_level, message_id=_fit(entry.message_id),
-                    from_addr=_fit(entry.from_addr), subject=_fit(entry.subject), host=entry.host))
-            except IntegrityError:
-                raise StoreError(f"{self.where}: mail_id {entry.mail_id} is already stored") from None
-            conn.execute(insert(msgrcpt), [
-                dict(partition_tag=tag, mail_id=mail_id, rseqnum=n, rid=ids[r.addr],
-                     is_local="Y" if r.is_local else "N", content=r.content, ds=r.ds, rs=r.rs, bl=" ", wl=" ", bspam_level=r.bspam_level,
-                     smtp_resp=_fit(r.smtp_resp)) for n, r in enumerate(entry.rcpts, 1)])
-            kept = [dict(partition_tag=tag, mail_id=mail_id, rseqnum=n, quar_type=r.quar_type, quar_loc=r.quar_loc,
-                         queue_id=entry.queue_id, category=r.category, reason=_fit(r.reason),
-                         released_time=r.released_time, released_by=_fit(r.released_by),
-                         release_resp=_fit(r.release_resp)) for n, r in enumerate(entry.rcpts, 1) if r.quar_type]
-            if kept:
-                conn.execute(insert(pq), kept)
-            for n, block in enumerate(_blocks(source) if source is not None else (), 1):
-                conn.execute(insert(quarantine).values(partition_tag=tag, mail_id=mail_id, chunk_ind=n,
-                                                       mail_text=block))
+        mail_id = _id(entry.mail_id)
+        ids = self._addr_ids(conn, [entry.sender, *(r.addr for r in entry.rcpts)])
+        try:
+            conn.execute(insert(msgs).values(
+                partition_tag=tag, mail_id=mail_id, secret_id=_id(entry.secret_id), am_id=entry.log_id,
+                time_num=int(entry.time), time_iso=datetime.fromtimestamp(entry.time, timezone.utc),
+                sid=ids[entry.sender], policy=entry.policy, client_addr=entry.client_addr, size=entry.size,
+                originating="Y" if entry.originating else "N", content=entry.content,
+                quar_type=first.quar_type if first else " ", quar_loc=first.quar_loc if first else "",
+                dsn_sent=entry.dsn_sent, spam_level=entry.spam_level, message_id=_fit(entry.message_id),
+                from_addr=_fit(entry.from_addr), subject=_fit(entry.subject), host=entry.host))
+        except IntegrityError:
+            raise StoreError(f"{self.where}: mail_id {entry.mail_id} is already stored") from None
+        conn.execute(insert(msgrcpt), [
+            dict(partition_tag=tag, mail_id=mail_id, rseqnum=n, rid=ids[r.addr],
+                 is_local="Y" if r.is_local else "N", content=r.content, ds=r.ds, rs=r.rs, bl=" ", wl=" ",
+                 bspam_level=r.bspam_level, smtp_resp=_fit(r.smtp_resp)) for n, r in enumerate(entry.rcpts, 1)])
+        kept = [dict(partition_tag=tag, mail_id=mail_id, rseqnum=n, quar_type=r.quar_type, quar_loc=r.quar_loc,
+                     queue_id=entry.queue_id, category=r.category, reason=_fit(r.reason),
+                     released_time=r.released_time, released_by=_fit(r.released_by),
+                     release_resp=_fit(r.release_resp)) for n, r in enumerate(entry.rcpts, 1) if r.quar_type]
+        if kept:
+            conn.execute(insert(pq), kept)
+        for n, block in enumerate(_blocks(source) if source is not None else (), 1):
+            conn.execute(insert(quarantine).values(partition_tag=tag, mail_id=mail_id, chunk_ind=n,
+                                                   mail_text=block))
 
     def _addr_ids(self, conn, addrs: list[str]) -> dict[str, int]:
         """maddr ids, created where missing. In one order (sorted) for every put, so two puts

@@ -89,3 +89,27 @@ def test_sql_init_and_expire_commands(tmp_path):
     gone = subprocess.run(cmd + ["expire", "--days", "-1", "-c", config.path], capture_output=True, text=True,
                           env=env, timeout=60)
     assert gone.returncode == 0 and "expired 1 logged" in gone.stdout, gone.stderr
+
+
+def test_a_batch_with_an_entry_the_database_refuses_loses_only_that_one(tmp_path):
+    import dataclasses
+    config = config_from(tmp_path, "sql_log: {enabled: true}\n")
+    log = sqllog.sql_log(config)
+    txns = []
+    for i in range(3):
+        txn, result = run(config, message(subject=f"batch {i}"))
+        txns.append((txn, result))
+    assert log.flush(10)
+    good = sqllog.entry_for(config, merge(config, ()), txns[0][0], txns[0][1].outcome)
+    twice = dataclasses.replace(good)                            # already stored: counted as written
+    fresh = dataclasses.replace(good, mail_id="NEWNEWNEW123")
+    bad = dataclasses.replace(good, mail_id="BADBADBAD123", rcpts=(dataclasses.replace(good.rcpts[0],
+                                                                                        quar_type="X"),))
+    with log._cond:
+        log._pending.extend([twice, bad, fresh])
+        log._cond.notify_all()
+    assert log.flush(10)
+    url = f"sqlite:///{tmp_path}/pymavis.db"
+    ids = {bytes(r["mail_id"]).decode() for r in rows(url, sqlstore.msgs)}
+    assert "NEWNEWNEW123" in ids and "BADBADBAD123" not in ids and len(ids) == 4
+    sqllog.stop_all()
