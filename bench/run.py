@@ -1,14 +1,15 @@
 """pymavis benchmark: a real Postfix with a null milter and with pymavis, compared.
 
-Every variant is measured in the same run, interleaved; four profiles.
+Every variant is measured in the same run, interleaved; five profiles.
 
     make bench                                   # = .venv/bin/python bench/run.py (all profiles)
     .venv/bin/python bench/run.py --quick        # smoke run: small, nothing written to docs/
     .venv/bin/python bench/run.py --profile decode --reps 3
     .venv/bin/python bench/run.py --profile virus
     .venv/bin/python bench/run.py --profile spam
+    .venv/bin/python bench/run.py --profile observe
 
-Profiles (`--profile`, default `all`: all four, one after the other, each with its own
+Profiles (`--profile`, default `all`: all five, one after the other, each with its own
 processes, then one report):
   pass-through  the size mix of bench/sender.py (60% 4 KB text, 30% 32 KB and 10% 256 KB
                 with one attachment of random bytes); variants: Postfix alone, + null
@@ -44,7 +45,13 @@ processes, then one report):
                 alone and + pymavis + spamd with the cache on (shipped spam_cache). Before
                 it, spamd's CPU per message is measured by class, one request at a time.
                 Targets: pymavis (cache off) >= 0.95 x spamd alone; on the MIRV stream
-                pymavis (cache on) >= 1.3 x spamd alone; pymavis peak RSS <= 150 MB.
+                pymavis (cache on) >= 1.3 x spamd alone; pymavis peak RSS <= 150 MB;
+  observe       the pass-through mix through + null milter, + pymavis as shipped (logging
+                off), + pymavis with full logging (JSON events to a file, the SQL log,
+                metrics), + pymavis verifying DKIM (the key served by a fake DNS), +
+                pymavis signing every message (RSA-2048); bench/observe.py. Targets: full
+                logging >= 0.90 x logging off; verify + A-R <= 5 ms and signing <= 20 ms
+                of pymavis CPU per message over pymavis as shipped.
 
 What runs (all on 127.0.0.1, in a temp dir under /tmp, removed at the end), per profile:
   - one `smtp-sink` (Postfix's C test server) that every Postfix relays to, counting messages;
