@@ -147,9 +147,14 @@ def spam_view(result):
     return next((r.spam for r in result.checks if r.spam is not None), None)
 
 
+def virus_names(result) -> list[str]:
+    """The names of the viruses found, as the scanners reported them (also counted by metrics.py)."""
+    return [v for f in result.findings if f.ccat is Ccat.VIRUS for v in dict(f.values).get("virus_names", ())]
+
+
 def _from_result(result, spam) -> dict:
     performed = [CHECK_LETTERS[r.name] for r in result.checks if r.name in CHECK_LETTERS and _performed(r)]
-    viruses = [v for f in result.findings if f.ccat is Ccat.VIRUS for v in dict(f.values).get("virus_names", ())]
+    viruses = virus_names(result)
     verdict = spam.verdict if spam is not None else None
     levels = [j.level for j in spam.judgements if j.level is not None] if spam is not None else []
     score = max(levels) if levels else (verdict.score if verdict is not None else None)

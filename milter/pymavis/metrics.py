@@ -1,17 +1,21 @@
-"""Prometheus metrics (prometheus-client) on a loopback HTTP endpoint: `metrics.listen`
-("127.0.0.1:9911", "[::1]:9911"; null: off). A non-loopback address is a configuration
-error unless `metrics.allow_non_loopback` is true: the counters name banks, and scrapes
-are not authenticated.
+"""The milter's counters since start, in one place: exported as Prometheus metrics
+(prometheus-client) on a loopback HTTP endpoint when `metrics.listen` says so
+("127.0.0.1:9911", "[::1]:9911"; null: no endpoint), and read by `pymavis stats` through the
+control socket (`stats`, amavisd-agent's names) either way. A non-loopback address is a
+configuration error unless `metrics.allow_non_loopback` is true: the counters name banks,
+and scrapes are not authenticated.
 
 What is exported (names and labels in docs/observability.md): messages by action,
 content category and bank; recipients by action and category; message bytes; check
 errors by check and reason; per-stage latency histograms (receive, each check, decide,
 quarantine, spamd, total); and, read when scraped, messages in flight (App.in_flight),
 quarantine stores kept and failed (keep.COUNTS), spam verdict cache hits, misses and
-shared calls, and the JSON event log's written, dropped and failed counts.
+shared calls, and the JSON event log's written, dropped and failed counts. Messages
+quarantined by category, and (for `stats` only: names are unbounded, no Prometheus label)
+virus names, at most MAX_VIRUS_NAMES distinct ones.
 
 Failure: an address that cannot be bound is logged at start and the milter runs without
-metrics (mail matters more than its counters); `record` never raises into the milter
+the endpoint (mail matters more than its counters; `stats` still counts); `record` never raises into the milter
 (observe.py catches). A reload does not move the endpoint: a new `metrics.listen` takes
 effect at the next start.
 
@@ -20,6 +24,10 @@ running configuration when scraped (its cache is the process-wide one for those 
 """
 
 from __future__ import annotations
+
+import os
+import threading
+import time
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector, start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
@@ -33,6 +41,16 @@ from .outcome import Action
 STAGE_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
                  60.0, 120.0, 300.0)
 SIZE_BUCKETS = (1024, 4096, 16384, 65536, 262144, 1048576, 4194304, 16777216, 67108864)
+# Distinct virus names counted for `stats`; later new names count as "(other)". An outbreak
+# has a handful of names; this bounds the memory a stream of unique names could take.
+MAX_VIRUS_NAMES = 1000
+OTHER_VIRUSES = "(other)"
+# amavisd-agent's InMsgsStatus* for our one answer per message (events.message_action)
+STATUS_NAMES = {"pass": "Accepted", "hold": "Held", "reject": "Rejected", "discard": "Discarded",
+                "tempfail": "TempFailed"}
+# the Content*Msgs and Quar*Msgs that stats always shows (amavisd-agent's), in its order
+STATS_CATEGORIES = ("Clean", "Spam", "Spammy", "Virus", "Banned", "BadHdr", "Unchecked", "Oversized")
+QUAR_CATEGORIES = ("Virus", "Banned", "Unchecked", "Spam", "BadHdr", "Oversized")   # what can be kept
 
 
 class Metrics:
@@ -55,10 +73,16 @@ class Metrics:
         self.stages = Histogram("pymavis_stage_seconds", "Time per stage of one message (receive: MAIL FROM to end "
                                 "of data; total: MAIL FROM to the answer)", ("stage",), buckets=STAGE_BUCKETS,
                                 registry=r)
+        self.quarantined = Counter("pymavis_quarantined_messages", "Messages whose blocked copies were kept, by "
+                                   "content type", ("ccat",), registry=r)
         info = Gauge("pymavis_build_info", "pymavis version", ("version",), registry=r)
         info.labels(__version__).set(1)
         r.register(_ReadAtScrape(in_flight, spam_cache, event_log))
         ProcessCollector(registry=r)
+        self.spam_cache = spam_cache
+        self.started = time.time()
+        self._viruses: dict[str, int] = {}
+        self._viruses_lock = threading.Lock()
         self.server = None
         self._thread = None
 
@@ -76,6 +100,8 @@ class Metrics:
                 self.recipients.labels(events.recipient_action(outcome, d), events.CONTENT_TYPE_NAMES[d.main]).inc()
         self.bytes.inc(txn.size)
         self.sizes.observe(txn.size)
+        if outcome.quarantined:
+            self.quarantined.labels(events.content_type(outcome)).inc()
         if error_reason:
             self.check_errors.labels("pipeline", error_reason).inc()
         if outcome.lookup_error:
@@ -96,7 +122,58 @@ class Metrics:
                     self.stages.labels("spamd").observe(r.spam.verdict.elapsed_ms / 1000)
             for stage, ms in result.timings:
                 self.stages.labels(stage).observe(ms / 1000)
+            names = events.virus_names(result)
+            if names:
+                self._count_viruses(names)
         self.stages.labels("total").observe(elapsed_ms / 1000)
+
+    def _count_viruses(self, names) -> None:
+        with self._viruses_lock:
+            for name in names:
+                if name not in self._viruses and len(self._viruses) >= MAX_VIRUS_NAMES:
+                    name = OTHER_VIRUSES
+                self._viruses[name] = self._viruses.get(name, 0) + 1
+
+    def stats(self, top: int = 100) -> dict:
+        """The counters since start with amavisd-agent's names, and the `top` virus names:
+        {"started", "uptime_s", "pid", "version", "counters": {name: value}, "bases": {name:
+        the counter its percentage is of}, "virus_names": [[name, count], ...]}."""
+        by_action, by_ccat, quarantined = {}, {}, {}
+        for labels, value in _totals(self.messages):
+            by_action[labels["action"]] = by_action.get(labels["action"], 0) + value
+            by_ccat[labels["ccat"]] = by_ccat.get(labels["ccat"], 0) + value
+        for labels, value in _totals(self.quarantined):
+            quarantined[labels["ccat"]] = value
+        counters, bases = {}, {}
+
+        def put(name, value, base="InMsgs"):
+            counters[name] = int(value)
+            if base:
+                bases[name] = base
+
+        put("InMsgs", sum(by_action.values()))
+        put("InMsgsRecips", sum(v for _, v in _totals(self.recipients)))
+        put("InMsgsSize", sum(v for _, v in _totals(self.bytes)), None)
+        for action, name in STATUS_NAMES.items():
+            put(f"InMsgsStatus{name}", by_action.get(action, 0))
+        for ccat in (*STATS_CATEGORIES, *sorted(set(by_ccat) - set(STATS_CATEGORIES))):
+            put(f"Content{ccat}Msgs", by_ccat.get(ccat, 0))
+        put("QuarMsgs", keep.COUNTS.kept)
+        for ccat in (*QUAR_CATEGORIES, *sorted(set(quarantined) - set(QUAR_CATEGORIES))):
+            put(f"Quar{ccat}Msgs", quarantined.get(ccat, 0))
+        put("QuarFailedMsgs", keep.COUNTS.failed)
+        cache = self.spam_cache()
+        if cache is not None:
+            put("SpamCacheAttempts", cache.hits + cache.misses + cache.joined)
+            put("SpamCacheHits", cache.hits, "SpamCacheAttempts")
+            put("SpamCacheMisses", cache.misses, "SpamCacheAttempts")
+            put("SpamCacheJoined", cache.joined, "SpamCacheAttempts")
+        with self._viruses_lock:
+            viruses = sorted(self._viruses.items(), key=lambda kv: (-kv[1], kv[0]))[:top]
+        now = time.time()
+        return {"version": __version__, "pid": os.getpid(), "started": self.started,
+                "uptime_s": round(now - self.started, 3), "counters": counters, "bases": bases,
+                "virus_names": [list(kv) for kv in viruses]}
 
     def serve(self, host: str, port: int) -> int:
         """Start the HTTP endpoint (a daemon thread); the port bound. Raises OSError."""
@@ -108,6 +185,11 @@ class Metrics:
             self.server.shutdown()
             self.server.server_close()
             self.server = None
+
+
+def _totals(counter):
+    """(labels, value) of each `_total` sample of a prometheus-client Counter."""
+    return [(s.labels, s.value) for metric in counter.collect() for s in metric.samples if s.name.endswith("_total")]
 
 
 class _ReadAtScrape:
@@ -145,12 +227,11 @@ class _ReadAtScrape:
 ACTIVE: Metrics | None = None
 
 
-def start(config, *, in_flight=lambda: 0, current_config=None) -> Metrics | None:
-    """Serve metrics if `metrics.listen` says so; None when off or the address cannot be bound."""
+def start(config, *, in_flight=lambda: 0, current_config=None) -> Metrics:
+    """The process's counters (ACTIVE), served over HTTP if `metrics.listen` says so and the
+    address can be bound (else `server` is None)."""
     global ACTIVE
     listen = config["metrics"]["listen"]
-    if listen is None:
-        return None
     from .checks import spam as spam_mod
     current = current_config or (lambda: config)
 
@@ -158,16 +239,17 @@ def start(config, *, in_flight=lambda: 0, current_config=None) -> Metrics | None
         s = current()["spam_cache"]
         return spam_mod.verdict_cache(s["ttl_s"], s["max_entries"]) if s["ttl_s"] else None
 
-    m = Metrics(in_flight=in_flight, spam_cache=spam_cache, event_log=events.EVENTS)
+    m = ACTIVE = Metrics(in_flight=in_flight, spam_cache=spam_cache, event_log=events.EVENTS)
+    if listen is None:
+        return m
     host, port = listen
     try:
         bound = m.serve(host, port)
     except OSError as exc:
-        log.error("metrics endpoint %s:%d cannot be opened (%s); running without metrics", host, port,
-                  exc.strerror or exc)
-        return None
+        log.error("metrics endpoint %s:%d cannot be opened (%s); running without the endpoint (pymavis stats "
+                  "still counts)", host, port, exc.strerror or exc)
+        return m
     log.info("metrics on http://%s:%d/metrics", f"[{host}]" if ":" in host else host, bound)
-    ACTIVE = m
     return m
 
 

@@ -1,5 +1,6 @@
 """What is recorded about a message once the milter has answered it, besides the main log
-line (report.py): the TIMING line, the JSON event (events.py) and the metrics (metrics.py).
+line (report.py): the TIMING line, the JSON event (events.py) and the counters (metrics.py:
+the Prometheus metrics and `pymavis stats` read the same ones; the milter always keeps them).
 
 The adapter calls `after_answer` at the end of end-of-message, for every answered message
 (also one answered TEMPFAIL before or without the checks), after the main log lines.

@@ -133,15 +133,21 @@ def test_started_from_the_configuration_and_stopped(tmp_path):
         scrape(port)
 
 
-def test_off_by_default_and_a_busy_port_is_logged(tmp_path, caplog):
-    assert metrics.start(config_from(tmp_path)) is None
-    with socket.socket() as busy:
-        busy.bind((LOOPBACK, 0))
-        busy.listen()
-        port = busy.getsockname()[1]
-        config = config_from(tmp_path, f'metrics:\n  listen: "{LOOPBACK}:{port}"\n')
-        with caplog.at_level(logging.ERROR, logger="pymavis"):
-            assert metrics.start(config) is None
+def test_no_endpoint_by_default_and_a_busy_port_is_logged(tmp_path, caplog):
+    """The counters are kept either way (pymavis stats reads them); only the endpoint is off."""
+    try:
+        m = metrics.start(config_from(tmp_path))
+        assert metrics.ACTIVE is m and m.server is None
+        with socket.socket() as busy:
+            busy.bind((LOOPBACK, 0))
+            busy.listen()
+            port = busy.getsockname()[1]
+            config = config_from(tmp_path, f'metrics:\n  listen: "{LOOPBACK}:{port}"\n')
+            with caplog.at_level(logging.ERROR, logger="pymavis"):
+                m = metrics.start(config)
+        assert metrics.ACTIVE is m and m.server is None
+    finally:
+        metrics.stop()
     assert metrics.ACTIVE is None
     assert any(f"metrics endpoint {LOOPBACK}:{port} cannot be opened" in r.getMessage() for r in caplog.records)
 
@@ -170,3 +176,51 @@ def test_listen_errors(tmp_path, text, message):
 def test_listen_accepted(tmp_path, text, expected):
     body = f"metrics: {text}\n" if text.startswith(("{", "null")) else f"metrics:\n  {text}\n"
     assert config_from(tmp_path, body)["metrics"]["listen"] == expected
+
+
+def test_stats_reads_the_same_counters_with_amavisd_agent_names(tmp_path, served):
+    """`pymavis stats` (Metrics.stats): InMsgs, InMsgsRecips, Content*Msgs, InMsgsStatus*, Quar*
+    from the messages recorded; virus names counted, the most frequent first; cache counts."""
+    from pymavis.categories import Ccat, Finding
+    from pymavis.decide import RcptDecision
+    m, _, _, cache = served
+    kept_before, failed_before = keep.COUNTS.kept, keep.COUNTS.failed
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    clean, _ = record_pipeline(tmp_path / "a", m, HEADERS, BODY)
+    banned, _ = record_pipeline(tmp_path / "b", m, zip_message(), banned_body())   # discarded, kept
+    config = config_from(tmp_path)
+    policy = merge(config, ())
+    txn = txn_of(HEADERS, rcpts=("b@example.com", "c@example.com"))
+    try:
+        for names in (("Eicar-Test",), ("Eicar-Test", "Win.Trojan.X"), ("Eicar-Test",)):
+            virus = Finding("virus", Ccat.VIRUS, 0, ", ".join(names), values=(("virus_names", names),))
+            decisions = tuple(RcptDecision(r.addr, Ccat.VIRUS, 0, virus, "reject") for r in txn.rcpts)
+            outcome = Outcome(Action.REJECT, Reply("554", "5.7.0", "virus"), decisions=decisions)
+            m.record(policy, txn, pipeline.Result(outcome, (virus,), (), ()), outcome, 5.0)
+    finally:
+        txn.spool.close()
+    cache.get(b"k")
+    cache.put(b"k", object())
+    cache.get(b"k")
+    cache.get(b"k")
+    stats = m.stats(top=1)
+    c = stats["counters"]
+    assert (c["InMsgs"], c["InMsgsRecips"], c["InMsgsSize"]) == (5, 8, clean.size + banned.size + 3 * txn.size)
+    assert (c["ContentCleanMsgs"], c["ContentBannedMsgs"], c["ContentVirusMsgs"], c["ContentSpamMsgs"]) == (1, 1, 3, 0)
+    assert (c["InMsgsStatusAccepted"], c["InMsgsStatusDiscarded"], c["InMsgsStatusRejected"]) == (1, 1, 3)
+    assert (c["QuarMsgs"], c["QuarFailedMsgs"]) == (kept_before + 1, failed_before)
+    assert (c["QuarBannedMsgs"], c["QuarVirusMsgs"]) == (1, 0)
+    assert (c["SpamCacheAttempts"], c["SpamCacheHits"], c["SpamCacheMisses"]) == (3, 2, 1)
+    assert stats["bases"]["ContentCleanMsgs"] == "InMsgs" and stats["bases"]["SpamCacheHits"] == "SpamCacheAttempts"
+    assert "InMsgsSize" not in stats["bases"]
+    assert stats["virus_names"] == [["Eicar-Test", 3]]
+    assert m.stats()["virus_names"] == [["Eicar-Test", 3], ["Win.Trojan.X", 1]]
+    assert stats["uptime_s"] >= 0 and stats["version"] == __import__("pymavis").__version__
+
+
+def test_virus_names_are_bounded(monkeypatch):
+    monkeypatch.setattr(metrics, "MAX_VIRUS_NAMES", 2)
+    m = metrics.Metrics()
+    m._count_viruses(["A", "B", "C", "D", "A"])
+    assert sorted(map(tuple, m.stats()["virus_names"])) == [("(other)", 2), ("A", 2), ("B", 1)]
