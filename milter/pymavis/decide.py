@@ -4,7 +4,8 @@ For each recipient, the categories found are taken from the highest down (VIRUS 
 A category blocks unless the recipient is a lover of it, bypasses the check behind it
 (a recipient who bypasses a check that ran for others is treated as a lover, as amavis
 does), or its destiny is `pass`. The main category (the highest found) is reported even
-when a lower one, or none, blocked.
+when a lower one, or none, blocked. A few findings carry their own destiny, whatever their
+category's says (FINDING_DESTINY): lovers and bypasses still apply to them.
 """
 
 from __future__ import annotations
@@ -38,6 +39,10 @@ BYPASS_SETTING = {
     Ccat.SPAMMY: "bypass_spam_checks",
     Ccat.BADH: "bypass_header_checks",
 }
+# (check, category, minor) -> destiny. A DMARC failure the bank quarantines (checks/auth.py)
+# is SPAM minor 2 and blocked even when final_spam_destiny is pass: discarded once kept, never
+# bounced (its sender is forged).
+FINDING_DESTINY = {("dmarc", Ccat.SPAM, 2): "discard"}
 SPAM_RCPT_SETTINGS = ("spam_tag_level", "spam_tag2_level", "spam_tag3_level", "spam_kill_level",
                       "spam_dsn_cutoff_level", "spam_quarantine_cutoff_level",
                       "spam_subject_tag", "spam_subject_tag2", "spam_subject_tag3", "addr_extension_spam")
@@ -121,7 +126,8 @@ def decide(policy, settings: RcptSettings, findings: tuple[Finding, ...]) -> Rcp
     for finding in mine:
         lover = values.get(LOVERS_SETTING.get(finding.ccat), False)
         bypass = values.get(BYPASS_SETTING.get(finding.ccat), False)
-        destiny = destiny_for(policy, finding.ccat)
+        destiny = FINDING_DESTINY.get((finding.check, finding.ccat, finding.minor)) \
+            or destiny_for(policy, finding.ccat)
         if destiny != "pass" and not lover and not bypass:
             return RcptDecision(settings.rcpt, mine[0].ccat, mine[0].minor, finding, destiny)
     return RcptDecision(settings.rcpt, mine[0].ccat, mine[0].minor, None, "pass")

@@ -8,6 +8,21 @@ Selection order (each match appends to the bank path, later banks override earli
 5. `auth_bank` when the client authenticated (`{auth_authen}` present)
 6. `myusers_bank` when the mail is originating and the sender's domain is local
 
+After the authentication check (the pipeline calls `by_auth`, then `extend`), once the
+results are known; each match appends, as above:
+7. `auth_result_policy[KEY]` for every result key of the message (auth.Results.keys(),
+   "dmarc=fail"), in the order the keys are written
+8. `author_to_policy_bank` looked up by the author (the one From address, with the address
+   keys of every lookup: ".paypal.com" covers paypal.com and its subdomains), loaded only
+   when a DKIM signature passed whose d= is the author's domain or a parent of it within
+   its organizational domain (auth.dmarc.author_aligned). A pass means the key was at least
+   `dkim_min_key_bits` (else the result is `policy`); a failed, too small or unaligned
+   signature loads nothing (logged when the lookup would have matched). amavisd-new takes
+   only d= equal to the author domain, and also looks up "author/@signer" for third-party
+   signatures (not done here).
+The author's banks come last, so they override a bank chosen by a result (a verified
+paypal.com whose SPF failed through a forwarder is still paypal.com).
+
 Settings that are mappings (smtp_reason_by_ccat) merge key by key unless the bank lists
 them under `replace:`. Merged policies are cached per bank path inside the Config snapshot.
 A lookup that fails raises `lookups.LookupFailed`; the caller turns it into TEMPFAIL.
@@ -18,6 +33,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from types import MappingProxyType
 
+from pymavis.auth import dmarc as dmarc_mod
 from pymavis.config import Config
 
 
@@ -124,4 +140,66 @@ def select(config: Config, facts: SelectionFacts) -> Policy:
         current = merge(config, tuple(path))
         if current.originating and current.is_local(facts.sender):
             add(g["myusers_bank"])
+    return merge(config, tuple(path))
+
+
+@dataclass(frozen=True)
+class AuthBanks:
+    """What the authentication results choose (by_auth): banks to load, each with why."""
+
+    loaded: tuple[tuple[str, str], ...] = ()   # (bank, why), in loading order
+    refused: tuple[str, ...] = ()              # author banks not loaded, and why (for the log)
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return tuple(dict.fromkeys(name for name, _ in self.loaded))
+
+
+def auth_may_load_banks(config: Config | None) -> bool:
+    """Whether the authentication results can choose a bank in this configuration."""
+    return config is not None and bool(config.settings["auth_result_policy"]
+                                       or config.settings["author_to_policy_bank"].tables)
+
+
+def by_auth(config: Config, policy: Policy, results, from_values) -> AuthBanks:
+    """The banks that `results` (auth.Results) and the From field values choose (module doc,
+    7. and 8.); names not defined (only a regex's $1 can make one) are left out and said
+    in `refused`. Raises lookups.LookupFailed."""
+    loaded, refused = [], []
+    g = config.settings
+    keys = results.keys()
+    for key, names in g["auth_result_policy"].items():
+        if key in keys:
+            loaded += [(name, f"auth_result_policy {key}") for name in names]
+    author = dmarc_mod.author_address(list(from_values))
+    chain = g["author_to_policy_bank"]
+    hit = chain.lookup_address(author, delimiter=policy.recipient_delimiter, is_local=False) \
+        if author and chain.tables else None
+    if hit is not None and hit.value:
+        names = ",".join(hit.value)
+        domain = author.rpartition("@")[2].lower().rstrip(".")
+        sig = next((r for r in results.dkim or () if r.result == "pass" and r.domain
+                    and dmarc_mod.author_aligned(r.domain, domain)), None)
+        if sig is None:
+            seen = "; ".join(f"dkim={r.result} d={r.domain}" + (f" ({r.reason})" if r.reason else "")
+                             for r in results.dkim or ()) or ("no signature" if results.dkim is not None
+                                                               else "DKIM not verified")
+            refused.append(f"author_to_policy_bank {names} for {domain} not loaded: no valid DKIM signature "
+                           f"by {domain} or a parent domain ({seen})")
+        else:
+            bits = f", {sig.key_bits}-bit key" if sig.key_bits else ""
+            why = (f"author {domain} (DKIM d={sig.domain} s={sig.selector}{bits}; "
+                   f"author_to_policy_bank key {(hit.key or hit.table).lstrip('@')})")
+            loaded += [(name, why) for name in hit.value]
+    known = [(name, why) for name, why in loaded if name in config.banks]
+    refused += [f"policy bank {name!r} ({why}) is not defined: ignored" for name, why in loaded
+                if name not in config.banks]
+    return AuthBanks(tuple(known), tuple(refused))
+
+
+def extend(config: Config, policy: Policy, names) -> Policy:
+    """`policy` with the banks `names` appended to its path (those already on it are not
+    loaded twice), merged."""
+    path = list(policy.bank_path)
+    path += [n for n in dict.fromkeys(names) if n not in path]
     return merge(config, tuple(path))

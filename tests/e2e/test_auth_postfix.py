@@ -3,7 +3,8 @@ key made by `pymavis dkim genkey` (the signature verifies with dkimpy after Post
 delivered it), and the same message arriving on the MX listener is verified against the key
 "published" by a fake DNS server: one Authentication-Results field of ours with dkim=pass,
 the one it carried from the first pass removed; a name server that does not answer gives
-temperror, never fail."""
+temperror, never fail. Mail whose From domain publishes DMARC p=reject and fails it is
+refused at end of data with 554 5.7.1 (dmarc_reject_action: reject)."""
 
 from __future__ import annotations
 
@@ -34,6 +35,8 @@ policy:
   mynetworks: [10.0.0.0/8]
   local_domains: [example.net]
   dkim_verify: true
+  dmarc_verify: true
+  dmarc_reject_action: reject
 """
 
 
@@ -58,7 +61,7 @@ def key(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def dns_server(key):
-    with FakeDNS({"e2e._domainkey.example.org": key[1]}) as server:
+    with FakeDNS({"e2e._domainkey.example.org": key[1], "_dmarc.bank.example": "v=DMARC1; p=reject"}) as server:
         yield server
 
 
@@ -90,6 +93,16 @@ def test_submitted_mail_leaves_signed_and_arrives_verified(postfix, sink, key):
     ours = [f for f in fields if str(f).startswith("filter.test")]
     assert len(ours) == 1, fields
     assert "dkim=pass" in str(ours[0]) and "header.d=example.org" in str(ours[0]) and "header.s=e2e" in str(ours[0])
+
+
+def test_a_dmarc_p_reject_failure_is_refused_554_5_7_1(postfix, sink):
+    subj = f"forged {uuid.uuid4().hex[:8]}"
+    forged = message(subj).replace(f"From: {SENDER}".encode(), b"From: ceo@bank.example")
+    reply = postfix.send("mx", SENDER, [BOB], forged)
+    assert (reply.code, reply.stage) == (554, "eom"), reply
+    assert reply.text.startswith("5.7.1 Reject, id=") and reply.text.endswith(
+        " - DMARC policy of bank.example: reject, no aligned DKIM or SPF pass"), reply
+    assert not any(str(m.message["Subject"]) == subj for m in sink.messages)
 
 
 def test_a_name_server_that_does_not_answer_gives_temperror(tmp_path_factory, public_tmp, sink, key):

@@ -39,6 +39,7 @@ S = Finding("spam", Ccat.SPAM, 0, "")
 H = Finding("header", Ccat.BADH, 2, "8-bit")
 U = Finding("virus", Ccat.UNCHECKED, 1, "encrypted")
 O_A = Finding("size", Ccat.OVERSIZED, 0, "too big", frozenset({"a@x"}), (("size", 10), ("limit", 5)))
+DQ = Finding("dmarc", Ccat.SPAM, 2, "DMARC policy of bank.example: reject")   # a bank's dmarc_*_action quarantine
 
 DECIDE = [
     # id, findings, per-recipient overrides, expected (main, blocking ccat or None, destiny)
@@ -52,6 +53,11 @@ DECIDE = [
     ("unchecked-tempfails", (U,), {}, (Ccat.UNCHECKED, Ccat.UNCHECKED, "tempfail")),
     ("spam-lover", (S,), {"spam_lovers": True}, (Ccat.SPAM, None, "pass")),
     ("oversized-for-a", (O_A,), {}, (Ccat.OVERSIZED, Ccat.OVERSIZED, "bounce")),
+    ("dmarc-quarantine-discards-whatever-spam-destiny", (DQ,), {}, (Ccat.SPAM, Ccat.SPAM, "discard")),
+    ("dmarc-quarantine-above-spamd-spam", (S, DQ), {}, (Ccat.SPAM, Ccat.SPAM, "discard")),
+    ("dmarc-quarantine-spam-lover", (DQ,), {"spam_lovers": True}, (Ccat.SPAM, None, "pass")),
+    ("dmarc-quarantine-bypass-spam", (DQ,), {"bypass_spam_checks": True}, (Ccat.SPAM, None, "pass")),
+    ("dmarc-quarantine-lover-still-banned", (DQ, B), {"spam_lovers": True}, (Ccat.BANNED, Ccat.BANNED, "discard")),
 ]
 
 

@@ -15,6 +15,10 @@ All DNS goes through `lookup` (resolver.py): tests give a dict of records or a f
 raises DnsTempError; the milter gives one on dnspython, wrapped in a resolver.Budget per
 message. Nothing here raises for a DNS problem: it is a temperror result.
 
+The results are also lookup keys (`Results.keys()`: "dkim=pass", "spf=fail", "dmarc=fail",
+one per method and result found; RESULT_KEYS are all there can be): the global
+`auth_result_policy` loads policy banks by them (policy.py).
+
 Package layout: resolver (the one DNS function), dkimverify, spfcheck, dmarc, header (the
 field's text and the authserv-id of an existing field). checks/auth.py is the check that
 calls this from the pipeline.
@@ -48,6 +52,13 @@ class Facts:
     originating: bool = False
 
 
+# What each method can answer (RFC 8601 2.7); dkim=none: no signature. A method not checked has no key.
+RESULTS = {"dkim": ("pass", "fail", "policy", "neutral", "temperror", "permerror", "none"),
+           "spf": ("pass", "fail", "softfail", "neutral", "none", "temperror", "permerror"),
+           "dmarc": ("pass", "fail", "none", "temperror", "permerror")}
+RESULT_KEYS = tuple(f"{method}={result}" for method, results in RESULTS.items() for result in results)
+
+
 @dataclass(frozen=True)
 class Results:
     dkim: tuple[dkimverify.DkimResult, ...] | None = None   # None: not checked; (): no signature
@@ -64,6 +75,20 @@ class Results:
         if self.dmarc is not None:
             parts.append(f"dmarc={self.dmarc.result}")
         return " ".join(parts)
+
+    def keys(self) -> frozenset[str]:
+        """"method=result" for every result found: dkim=pass when any signature passed,
+        dkim=none when there is none; nothing for a method that was not checked."""
+        keys = set()
+        if self.dkim is not None:
+            keys.update(f"dkim={r.result}" for r in self.dkim)
+            if not self.dkim:
+                keys.add("dkim=none")
+        if self.spf is not None:
+            keys.add(f"spf={self.spf.result}")
+        if self.dmarc is not None:
+            keys.add(f"dmarc={self.dmarc.result}")
+        return frozenset(keys)
 
 
 def authenticate(message: bytes, facts: Facts, settings: Settings, lookup: Lookup) -> Results:

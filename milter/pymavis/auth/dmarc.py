@@ -15,8 +15,13 @@
 
 The organizational domain is the public suffix plus one label (publicsuffixlist, with the
 Public Suffix List it ships: nothing is fetched at run time). What a DMARC failure does to
-the message (reject, quarantine, a score) is not decided here: the result only goes into
-Authentication-Results, with the policy found ("p=reject dis=none": we applied none).
+the message (reject, quarantine, a score) is not decided here but by the policy bank
+(checks/auth.py, `dmarc_verdict`); `applied_policy` says which of p=reject / p=quarantine
+applies to one message once `pct=` has sampled it (RFC 7489 6.6.4).
+
+`author_aligned` is the alignment of a DKIM signature used to choose a policy bank by the
+author (policy.py, amavisd-new's author domain signature): d= is the author domain or a
+parent of it, within its organizational domain.
 """
 
 from __future__ import annotations
@@ -98,15 +103,51 @@ def _is_dmarc(text: bytes) -> bool:
     return text.lstrip()[:8] == b"v=DMARC1" and text.lstrip()[8:9] in (b"", b";", b" ", b"\t")
 
 
-def author_domain(from_values: list[str]) -> str | None:
-    """The domain of the single From address; None when there is not exactly one."""
+def author_address(from_values: list[str]) -> str | None:
+    """The single From address (with a domain of two labels or more); None when there is
+    not exactly one."""
     if len(from_values) != 1:
         return None
     addresses = [addr for _, addr in getaddresses(from_values) if addr]
     if len(addresses) != 1 or "@" not in addresses[0]:
         return None
     domain = addresses[0].rpartition("@")[2].strip().lower().rstrip(".")
-    return domain if domain and "." in domain and all(label for label in domain.split(".")) else None
+    if not (domain and "." in domain and all(label for label in domain.split("."))):
+        return None
+    return addresses[0].strip()
+
+
+def author_domain(from_values: list[str]) -> str | None:
+    """The domain of the single From address; None when there is not exactly one."""
+    address = author_address(from_values)
+    return address.rpartition("@")[2].strip().lower().rstrip(".") if address else None
+
+
+def author_aligned(signer: str, author: str) -> bool:
+    """Whether a signature by d=`signer` speaks for `author`'s domain: the same domain or a
+    parent of it, never a public suffix (d=com or d=co.uk speaks for nobody) and never
+    above the author's organizational domain."""
+    signer, author = signer.lower().rstrip("."), author.lower().rstrip(".")
+    if not (signer == author or author.endswith("." + signer)):
+        return False
+    return org_domain(signer) == org_domain(author) and not _is_public(signer)
+
+
+def _is_public(domain: str) -> bool:
+    org_domain(domain)   # loads the list
+    return _PSL.is_public(domain)
+
+
+# pct= sampled out (RFC 7489 6.6.4): the next less strict policy applies.
+_WEAKER = {"reject": "quarantine", "quarantine": "none", "none": "none"}
+
+
+def applied_policy(result: DmarcResult, sample: int) -> str:
+    """The policy that applies to a failing message: its p (or sp), or the next weaker one
+    when `sample` (0..99, the message's draw) is not below the record's pct."""
+    policy = result.policy or "none"
+    pct = result.record.pct if result.record is not None else 100
+    return policy if sample < pct else _WEAKER[policy]
 
 
 def find_record(domain: str, lookup: Lookup) -> tuple[Record | None, str | None, str]:

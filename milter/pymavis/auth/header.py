@@ -12,7 +12,9 @@ method that was not checked is left out. Every value that came from the message 
 i=, the envelope sender, the From domain) is written as an RFC 2045 token when it is one,
 else as a quoted-string (`"` and `\\` escaped, anything not printable ASCII as `?`), so a
 signature cannot smuggle `; dmarc=pass` into our field. Comments are our own fixed words
-(parentheses and backslashes taken out). header.b is the first 8 characters of b= (RFC 6008).
+(parentheses and backslashes taken out); the DMARC one shows the policy found and what we did
+about it (`p=reject dis=quarantine`; checks/auth.py decides). header.b is the first 8
+characters of b= (RFC 6008).
 """
 
 from __future__ import annotations
@@ -71,9 +73,9 @@ def _spf(r) -> str:
     return f"spf={r.result}{comment(note)} {prop}={pvalue(r.value)}"
 
 
-def _dmarc(r) -> str:
+def _dmarc(r, disposition: str = "none") -> str:
     if r.policy:
-        note = f"p={r.policy} dis=none"
+        note = f"p={r.policy} dis={disposition}"
         if r.record is not None and r.record.pct != 100:
             note += f" pct={r.record.pct}"
     else:
@@ -82,13 +84,14 @@ def _dmarc(r) -> str:
     return out + (f" header.from={pvalue(r.from_domain)}" if r.from_domain else "")
 
 
-def value(authserv_id: str, results) -> str | None:
-    """Our field's value for auth.Results `results`; None when no method was checked."""
+def value(authserv_id: str, results, dmarc_disposition: str = "none") -> str | None:
+    """Our field's value for auth.Results `results`; None when no method was checked.
+    `dmarc_disposition` is what we did about the DMARC policy (`dis=`: none, quarantine)."""
     others = []
     if results.spf is not None:
         others.append(_spf(results.spf))
     if results.dmarc is not None:
-        others.append(_dmarc(results.dmarc))
+        others.append(_dmarc(results.dmarc, dmarc_disposition))
     if results.dkim is None:
         dkim_parts = []
     elif not results.dkim:

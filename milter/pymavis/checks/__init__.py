@@ -10,8 +10,10 @@ turns that into UNCHECKED for every recipient, never into clean.
 
 The order in which checks run is stated here, in CHECKS, and nowhere else: size, then the
 header section, then authentication (DKIM, SPF, DMARC: no findings, only the results for
-the Authentication-Results field; early, so that a policy bank chosen by a verified author
-can come later), then decoding (its problems are UNCHECKED), then virus scanners, then
+the Authentication-Results field; early, so that the policy banks its results choose, by
+a verified author or by a result, are loaded before the checks after it: the pipeline
+then replaces Scan.policy and Scan.rcpt_settings, adds a DMARC finding when the bank
+quarantines, and sets Scan.auth), then decoding (its problems are UNCHECKED), then virus scanners, then
 banned content, then spam, as in amavisd-new. The spamd call may begin early (the
 pipeline calls checks.spam.start) so that clamd and spamd scan one message at once; its
 result is taken in its place in the order.
@@ -62,6 +64,7 @@ class Scan:
     dns: object | None = None       # auth.resolver.Lookup for the authentication checks; None: they do not run
     dns_deadline_s: float = 20.0    # the DNS time one message's authentication may take
     authserv_id: str = "localhost"  # ours in Authentication-Results
+    auth: object | None = None      # checks.auth.AuthView with its DMARC verdict, once the pipeline has it
     spam_pending: object | None = None
     found: list = field(default_factory=list)  # findings of the checks that ran so far
     decoded: bool = field(default=False, init=False)

@@ -5,7 +5,9 @@ spamd is asked once per message (SYMBOLS: score, required score, rule names) by 
 client (pymavis/spamd.py). The scanners (`spam_scanners`, config/schema.py) are tried in
 order until one answers. The verdict is the message's; the judgement is per recipient
 (`judge`, pure, table-tested): the recipient's spam level is spamd's score plus the
-sender's `score_sender` boost, compared with that recipient's levels (lookups):
+sender's `score_sender` boost (plus `dmarc_fail_score` when the bank's DMARC action is
+`score`, checks/auth.py: shown as the test PYMAVIS_DMARC_FAIL=N), compared with that
+recipient's levels (lookups):
 
 | level                                   | category         | what the recipient gets           |
 |-----------------------------------------|------------------|-----------------------------------|
@@ -374,6 +376,16 @@ def sender_lists(policy, sender: str) -> SenderLists:
                        float(boost or 0.0))
 
 
+def dmarc_boost(scan) -> float:
+    """The points a DMARC failure adds for every recipient: the bank's dmarc_fail_score
+    when its action for this failure is score (checks/auth.py), else 0."""
+    view = getattr(scan, "auth", None)
+    verdict = view.dmarc if view is not None else None
+    if verdict is None or verdict.action != "score":
+        return 0.0
+    return float(scan.policy.dmarc_fail_score)
+
+
 def _levels(scan) -> tuple[tuple[str, Levels], ...]:
     return tuple((rs.rcpt, Levels.of(rs.get)) for rs in scan.rcpt_settings)
 
@@ -527,6 +539,12 @@ def check(scan) -> CheckResult:
         else:
             if note:
                 log.info("mail_id %s: spam check %s", scan.txn.mail_id, note)
+    boost = dmarc_boost(scan)
+    if boost and verdict is not None:
+        lists = replace(lists, boost=lists.boost + boost)
+        verdict = replace(verdict, tests=(f"PYMAVIS_DMARC_FAIL={_num(boost)}", *verdict.tests))
+        log.info("mail_id %s: DMARC fail for %s scored %s (dmarc_fail_score)", scan.txn.mail_id,
+                 scan.auth.dmarc.domain, _num(boost))
     score = verdict.score if verdict is not None else None
     judgements = tuple(judge(rcpt, lv, score, lists) for rcpt, lv in levels)
     view = SpamView(verdict, judgements, note, scan.policy.remove_existing_spam_headers)

@@ -19,7 +19,7 @@ from types import MappingProxyType
 from pymavis.spec import suggest
 
 from . import yamlsrc
-from .schema import BUILTIN_BANKS, GLOBAL_SETTINGS, POLICY_SETTINGS
+from .schema import BUILTIN_BANKS, GLOBAL_SETTINGS, POLICY_SETTINGS, bank_names_in
 from .types import ConvertContext, IpLookup, SettingError
 
 
@@ -197,7 +197,13 @@ def _check_bank_references(src, g, ip_policy, banks, errors):
     refs += [(("interface_policy", k), v) for k, v in g["interface_policy"].items()]
     refs += [(("client_ipaddr_policy", i, "bank"), name) for i, (_, name) in enumerate(ip_policy)]
     refs += [((key,), g[key]) for key in ("mynets_bank", "auth_bank", "myusers_bank") if g[key]]
+    refs += [(("auth_result_policy", k), name) for k, names in g["auth_result_policy"].items() for name in names]
+    where = {}   # author_to_policy_bank: its keys are normalised, so the setting's line and the entry
+    for entry, name in bank_names_in(g["author_to_policy_bank"]):
+        refs.append((("author_to_policy_bank",), name))
+        where.setdefault(name, f" (author_to_policy_bank entry {entry!r})")
     for path, name in refs:
         if name not in banks:
-            errors.add(src, path, f"policy bank {name!r} is not defined{suggest(name, banks)}; "
+            shown = where.get(name, "") if path == ("author_to_policy_bank",) else ""
+            errors.add(src, path, f"policy bank {name!r}{shown} is not defined{suggest(name, banks)}; "
                                   f"define it in a file under policy_banks_dir")
