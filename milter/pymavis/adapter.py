@@ -15,6 +15,12 @@ Failure: each callback has one deliberate catch-all that logs the traceback unde
 id and answers TEMPFAIL 451 4.3.0 (or ACCEPT where the bank says `on_internal_error:
 accept`); an error in a no-reply callback is remembered and answered at end-of-message.
 
+Status: each connection has an entry on App.board (progress.py) whose trail the callbacks
+extend (A m r d, then = and the pipeline's D V S Q from the worker, and . after the
+answer); the control socket (control.py) answers `pymavis status` from it and `pymavis
+stats` from metrics.py's counters. A message whose sender matches `debug_sender` or one of
+whose recipients matches `debug_recipient` is logged at debug (log.py), callbacks and worker.
+
 Signals: libmilter's signal thread owns SIGTERM/SIGINT/SIGHUP. SIGUSR1 reloads the
 configuration (a waiting thread takes it with sigwait). After SIGTERM, libmilter stops
 accepting connections and lets running callbacks finish: we wait up to
@@ -28,6 +34,7 @@ from __future__ import annotations
 import concurrent.futures
 import ctypes
 import dataclasses
+import logging
 import os
 import signal
 import socket
@@ -39,6 +46,7 @@ import uuid
 import Milter
 import milter as libmilter
 
+from . import __version__, control, progress
 from . import config as config_mod
 from . import decide as decide_mod
 from . import log as logmod
@@ -64,6 +72,9 @@ OPTIONAL_PROTOCOL = Milter.P_HDR_LEADSPC
 
 _ANSWER = {Action.CONTINUE: Milter.CONTINUE, Action.REJECT: Milter.REJECT,
            Action.DISCARD: Milter.DISCARD, Action.TEMPFAIL: Milter.TEMPFAIL}
+
+# Virus names `pymavis stats` gets at most (it shows --top of them).
+VIRUS_NAMES_REPORTED = 100
 
 # Which macro each bank selector needs, and where an admin turns it on.
 _SELECTOR_MACROS = {
@@ -91,6 +102,8 @@ class App:
         self.in_flight = 0
         self._idle = threading.Condition(self._lock)
         self.warned_macros: set[str] = set()
+        self.board = progress.Board()
+        self.started = time.time()
 
     def next_conn_id(self) -> str:
         with self._lock:
@@ -128,6 +141,19 @@ class App:
         logmod.setup(new.settings["log"], force_stderr=self.force_stderr)
         logmod.log.info("configuration reloaded from %s", self.config_path)
         return True
+
+    def status_answer(self) -> dict:
+        """The control socket's `status`: every open connection's entry (progress.py)."""
+        return {"version": __version__, "pid": os.getpid(), "started": self.started,
+                "uptime_s": round(time.time() - self.started, 3), "in_flight": self.in_flight,
+                "entries": self.board.snapshot()}
+
+    def stats_answer(self) -> dict:
+        """The control socket's `stats`: the counters since start (metrics.py)."""
+        m = metrics.ACTIVE
+        if m is None:
+            return {"error": "no counters (metrics not started)"}
+        return m.stats(VIRUS_NAMES_REPORTED)
 
     def warn_missing_macro(self, name: str, hint: str):
         with self._lock:
@@ -179,6 +205,9 @@ class PymavisMilter(Milter.Base):
         self.mail_id: str | None = None   # of the current (or last) transaction, for error replies
         self.policy = None
         self.messages = 0
+        self.entry: progress.Entry | None = None   # this connection on App.board
+        self.serial = 0                             # the current message's, on the board
+        self._debugging = False                     # this message is logged at debug
         self._protocol = 0
         self._actions = 0
 
@@ -227,6 +256,8 @@ class PymavisMilter(Milter.Base):
         ip = macros.get("{client_addr}") or ip
         if macros.get("{client_port}", "").isdigit():
             port = int(macros["{client_port}"])
+        self.entry = self.app.board.open(self.conn_id, ip)
+        self.log.debug("connect from %s [%s]:%s", macros.get("{client_name}") or hostname, ip or "-", port or "-")
         for setting, (macro, hint) in _SELECTOR_MACROS.items():
             if self.config.settings[setting] and macro not in macros:
                 self.app.warn_missing_macro(macro, hint)
@@ -252,6 +283,7 @@ class PymavisMilter(Milter.Base):
         self.builder = TransactionBuilder(conn, mail_from, params, macros,
                                           s["milter"]["spool_memory_bytes"], self.app.tmp_dir)
         self.mail_id = self.builder.mail_id
+        self.serial = self.app.board.begin(self.entry, ctx_id, self.mail_id)
         conn_macros = dict(conn.macros)
         port = conn_macros.get("{daemon_port}")
         facts = policy_mod.SelectionFacts(
@@ -263,18 +295,37 @@ class PymavisMilter(Milter.Base):
         )
         try:
             self.policy = policy_mod.select(self.config, facts)
+            sender = self.builder.mail_from
+            if self.policy.debug_sender.tables and self.policy.rcpt_value(
+                    "debug_sender", sender, is_local=self.policy.is_local(sender) if sender else False):
+                self._debug_message(f"debug_sender <{sender}>")
         except LookupFailed as exc:
             self.log.warning("bank selection lookup failed: %s", exc)
             return self._answer(Outcome(Action.TEMPFAIL, Reply("451", "4.3.0", "Temporary lookup failure")))
+        self.log.debug("MAIL FROM <%s>%s, mail_id %s, bank %s", self.builder.mail_from,
+                       "".join(f" {p}" for p in params), self.mail_id, self.policy.bank_path_str)
         return Milter.CONTINUE
+
+    def _debug_message(self, why: str):
+        """Log the rest of this message at debug (log.py), whatever log.level says."""
+        if self._debugging:
+            return
+        self._debugging = True
+        logmod.debug_begin()
+        self.log = logmod.for_context(self.log.extra["ctx"], debug=True)
+        self.log.debug("logging this message at debug: %s", why)
 
     @_guard("envrcpt")
     def envrcpt(self, to, *params):
         if self.builder is None:
             return Milter.TEMPFAIL
         addr = strip_brackets(to)
+        self.app.board.mark(self.entry, "r")
         try:
             limit = self.policy.rcpt_value("message_size_limit", addr)
+            if (not self._debugging and self.policy.debug_recipient.tables
+                    and self.policy.rcpt_value("debug_recipient", addr)):
+                self._debug_message(f"debug_recipient <{addr}>")
         except LookupFailed as exc:
             self.log.warning("lookup for <%s> failed: %s", addr, exc)
             return self._answer(Outcome(Action.TEMPFAIL, Reply("451", "4.3.0", "Temporary lookup failure")))
@@ -297,6 +348,7 @@ class PymavisMilter(Milter.Base):
             if not self.builder.rcpts:
                 self.builder.fingerprint = fingerprint
         self.builder.add_rcpt(Rcpt(to, addr, tuple(params)), limit)
+        self.log.debug("RCPT <%s>%s", addr, "".join(f" {p}" for p in params))
         return Milter.CONTINUE
 
     @_guard("header", no_reply=True)
@@ -311,6 +363,7 @@ class PymavisMilter(Milter.Base):
 
     @_guard("data")
     def data(self):
+        self.app.board.mark(self.entry, "d")
         return Milter.CONTINUE
 
     @_guard("eoh")
@@ -337,6 +390,9 @@ class PymavisMilter(Milter.Base):
         macros = self._macros(EOM_MACROS)
         txn = builder.freeze(macros.get("i") or builder.macros.get("i"), macros)
         deadline = self.config.settings["milter"]["scan_deadline_s"]
+        self.log.debug("end of data: %d bytes, %d header fields, queue id %s", txn.size, len(txn.headers),
+                       txn.queue_id or "-")
+        self.app.board.mark(self.entry, "d", self.serial, queue_id=txn.queue_id)
         self.app.begin()
         try:
             log_id = self.log.extra["ctx"]
@@ -349,7 +405,8 @@ class PymavisMilter(Milter.Base):
                 return action
             # XXX: on a deadline the work goes on in its worker thread (it cannot be cancelled)
             # and the spool is closed under it; its late exception is discarded with the future.
-            future = self.app.executor.submit(observe.with_cpu, pipeline.process, self.config, self.policy, txn)
+            future = self.app.executor.submit(_check, self.app.board, self.entry, self.serial, self._debugging,
+                                              self.config, self.policy, txn)
             try:
                 result, cpu_ms = future.result(timeout=deadline)
             except concurrent.futures.TimeoutError:
@@ -374,24 +431,31 @@ class PymavisMilter(Milter.Base):
                 self.log.warning("mail_id %s: lookup failed (%s); reply: %s", txn.mail_id,
                                  result.outcome.lookup_error, result.outcome.reply)
             elapsed = (time.monotonic() - txn.started) * 1000
+            if self.log.isEnabledFor(logging.DEBUG):
+                for r in result.checks:
+                    self.log.debug("check %s: %s, %.0f ms", r.name, _check_summary(r), r.elapsed_ms)
             for line in report.finding_lines(txn, result.findings):
                 self.log.info("%s", line)
-            for line in report.main_lines(txn, self.policy, result.outcome, elapsed):
+            decided_under = result.policy or self.policy   # with the banks the auth check chose
+            for line in report.main_lines(txn, decided_under, result.outcome, elapsed):
                 self.log.info("%s", line)
-            observe.after_answer(self.config, self.policy, txn, result, result.outcome, logger=self.log,
+            observe.after_answer(self.config, decided_under, txn, result, result.outcome, logger=self.log,
                                  log_id=log_id, elapsed_ms=elapsed, cpu_ms=cpu_ms)
             return action
         finally:
             self.app.end()
+            self.app.board.done(self.entry)
             self._reset()
 
     @_guard("abort")
     def abort(self):
+        self.app.board.idle(self.entry)
         self._reset()
         return Milter.CONTINUE
 
     @_guard("close")
     def close(self):
+        self.app.board.close(self.entry)
         self._reset()
         return Milter.CONTINUE
 
@@ -399,6 +463,26 @@ class PymavisMilter(Milter.Base):
         if self.builder is not None:
             self.builder.close()
         self.builder = None
+        if self._debugging:
+            self._debugging = False
+            logmod.debug_end()
+            self.log = logmod.for_context(self.log.extra["ctx"])
+
+
+def _check(board, entry, serial: int, debug: bool, config, policy, txn):
+    """The worker's part of end-of-message: the pipeline (with its CPU time), its steps shown
+    on the status board, its own log lines at debug for a message at debug."""
+    with board.checking(entry, serial), logmod.debugging(debug):
+        return observe.with_cpu(pipeline.process, config, policy, txn)
+
+
+def _check_summary(r) -> str:
+    if r.could_not_check:
+        return f"could not check: {r.could_not_check}"
+    if r.tempfail:
+        return f"tempfail: {r.tempfail}"
+    found = "; ".join(f"{f.ccat.name} {f.detail}".rstrip() for f in r.findings)
+    return found or "nothing found"
 
 
 def _reload_waiter(app: App):
@@ -503,6 +587,12 @@ def run(config, config_path: str, socket_spec: str | None = None, *, force_stder
             logmod.log.error("%s; messages are filtered, their events are dropped until it works", exc)
         events.EVENTS.start()
     metrics.start(config, in_flight=lambda: APP.in_flight, current_config=lambda: APP.config)
+    ctl_path = control.socket_path(config)
+    ctl = None
+    if ctl_path:   # pymavis status, pymavis stats
+        ctl = control.ControlServer(ctl_path, {"status": APP.status_answer, "stats": APP.stats_answer})
+        if not ctl.start():
+            ctl = None
     logmod.log.info("pymavis starting on %s (config %s, %d workers)", spec, config_path, s["workers"])
     if not config["av_scanners"] and not config["av_scanners_backup"]:
         logmod.log.warning("no virus scanners configured (av_scanners): mail is not scanned for viruses")
@@ -524,6 +614,8 @@ def run(config, config_path: str, socket_spec: str | None = None, *, force_stder
     notices.stop_all()
     sqllog.stop_all()   # writes what is queued, for a few seconds
     events.EVENTS.close()   # writes what is queued
+    if ctl is not None:
+        ctl.stop()
     metrics.stop()
     logmod.log.info("pymavis stopped")
     return 0

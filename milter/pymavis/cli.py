@@ -1,9 +1,11 @@
 """The `pymavis` command: run the milter, check a configuration, scan message files
-offline, list and release quarantined mail, print the version.
+offline, list and release quarantined mail, ask the running milter for its status and
+counters, print the version.
 
 Exit codes: 0 success, 1 configuration errors (each printed as FILE:LINE: message),
 2 usage errors (argparse). `scan` has its own (scan.py): 0 clean, 1 findings, 2 errors;
-`quarantine` and `release` (quarcmd.py): 1 when refused or failed.
+`quarantine` and `release` (quarcmd.py): 1 when refused or failed; `status` and `stats`
+(statuscmd.py): 1 when the milter cannot be asked.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ import argparse
 import os
 import sys
 
-from . import __version__
+from . import __version__, statuscmd
 
 _CHECKOUT_CONFIG = os.path.normpath(os.path.join(os.path.dirname(__file__), "..", "..", "policies", "pymavis.yaml"))
 SYSTEM_CONFIG = "/etc/pymavis/pymavis.yaml"
@@ -219,6 +221,34 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--delete", action="store_true", help="delete the given messages instead of releasing them")
     p.add_argument("--expire", type=float, metavar="DAYS", help="delete what was kept more than DAYS days ago")
     p.set_defaults(func=_quarantine_command("cmd_release"))
+
+    def asking(p):
+        with_config(p)
+        p.add_argument("--socket", metavar="PATH", help="the control socket (default: control_socket of the "
+                                                        "configuration, STATE_DIR/pymavis.ctl)")
+        p.add_argument("--watch", type=float, nargs="?", const=statuscmd.WATCH_DEFAULT_S, metavar="SECONDS",
+                       help="ask again every SECONDS (default %(const)s), redrawing in place; Ctrl-C ends")
+        p.add_argument("--json", action="store_true", help="print the milter's answer as JSON")
+        return p
+
+    p = asking(sub.add_parser(
+        "status", help="what each milter connection is doing now (like amavisd-nanny)",
+        description="Ask the running milter (its control socket) what each connection is doing: log id, age, "
+                    "busy time, time in its state, mail_id, and the trail of steps: A accepted, m MAIL FROM, "
+                    "r RCPT, d DATA, = checking started, D decoding, V virus scan, S spam check, "
+                    "Q quarantine and notices, . done. Exit 1 when the milter cannot be asked."))
+    p.add_argument("--stuck-s", type=float, default=statuscmd.STUCK_DEFAULT_S, metavar="SECONDS",
+                   help="mark connections busy with one message this long as STUCK (default: %(default)s)")
+    p.set_defaults(func=statuscmd.cmd_status)
+
+    p = asking(sub.add_parser(
+        "stats", help="counters since start (like amavisd-agent)",
+        description="Ask the running milter (its control socket) for its counters since start, with amavisd-"
+                    "agent's names: totals, per hour, percent of InMsgs; and the virus names seen most often. "
+                    "Exit 1 when the milter cannot be asked."))
+    p.add_argument("--top", type=int, default=statuscmd.TOP_DEFAULT, metavar="N",
+                   help="virus names to show (default: %(default)s, at most 100)")
+    p.set_defaults(func=statuscmd.cmd_stats)
 
     p = sub.add_parser("dkim", help="DKIM keys", description="DKIM signing keys (docs/authentication.md).")
     dsub = p.add_subparsers(dest="action", required=True, metavar="ACTION")

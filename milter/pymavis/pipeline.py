@@ -13,6 +13,18 @@ Our Authentication-Results field (checks/auth.py) is the same for every group an
 inserted after the other edits; originating mail in a bank with `dkim_sign` is then signed
 as it will leave (auth/dkimsign.py), each re-submitted group with its own edits.
 
+Right after the authentication check (`_after_auth`): the banks its results choose
+(policy.by_auth: auth_result_policy, author_to_policy_bank) are merged onto the path and
+every recipient's settings are looked up again under them, so decoding, the virus, banned
+and spam checks and the decisions all see the new policy (when the configuration has such
+banks, the early spamd call waits for the auth check); the size and header checks ran
+before, their findings stand, but the new bank's lovers, bypasses and destinies decide
+what they do. Then the bank's DMARC verdict: `reject` is the answer at once (554 5.7.1,
+for every recipient: DMARC's policy is the author domain's, not a recipient's; no later
+check runs), `quarantine` adds a SPAM minor 2 finding that blocks (decide.FINDING_DESTINY)
+and makes our field say `dis=quarantine` when it blocked someone, `score` is the spam
+check's (checks/spam.py). The policy the message was decided under is Result.policy.
+
 Blocked recipients' copies are kept (keep.py) before the answer; when that fails the
 answer is TEMPFAIL (QUARANTINE FAILED logged), so the MTA keeps the message. Notices
 (notify.py) are queued to disk after that and sent by the outbox's own thread.
@@ -31,10 +43,12 @@ import time
 from dataclasses import dataclass, field
 
 from . import checks as checks_mod
-from . import edits, keep, notices, resubmit, sqllog, sqlstore
+from . import edits, keep, notices, progress, resubmit, sqllog, sqlstore
+from . import policy as policy_mod
 from .auth import dkimsign, dmarc
 from .auth import resolver as auth_dns
 from .categories import Ccat, Finding
+from .checks import auth as auth_mod
 from .checks import spam as spam_mod
 from .decide import RcptDecision, decide, resolve_rcpt
 from .log import log
@@ -49,6 +63,7 @@ class Result:
     checks: tuple
     timings: tuple   # (stage, ms) pairs
     scan: checks_mod.Scan | None = field(default=None, compare=False, repr=False)  # None when no check ran
+    policy: object | None = field(default=None, compare=False, repr=False)  # as decided: with the banks auth chose
 
 
 def scan_for(config, policy, txn, rcpt_settings) -> checks_mod.Scan:
@@ -101,35 +116,55 @@ def process(config, policy, txn, checks=None, *, keep_blocked: bool = True) -> R
     results = []
     scan = scan_for(config, policy, txn, rcpt_settings)
     checks = checks if checks is not None else checks_mod.CHECKS
-    if spam_mod.check in checks:
-        spam_mod.start(scan)   # spamd works while decoding and clamd do
+    start_spam = spam_mod.check in checks
+    if start_spam and not policy_mod.auth_may_load_banks(config):
+        spam_mod.start(scan)   # spamd works while the auth check, decoding and clamd do
+        start_spam = False
+    rejected = None   # the answer to a DMARC failure the bank rejects, given right after the auth check
     try:
         for check in checks:
+            progress.entering(check)   # pymavis status: D, V, S
             t1 = time.monotonic()
             result = check(scan)
             results.append(result)
             scan.found.extend(result.findings)
             if result.could_not_check:
                 scan.found.append(unchecked(result))
+            if result.auth is not None:
+                rejected = _after_auth(config, scan, result.auth)
             timings.append((result.name, (time.monotonic() - t1) * 1000))
+            if rejected is not None:
+                break
+            if start_spam and result.name == "auth":
+                spam_mod.start(scan)   # once the banks that change what spamd is sent, and whether, are in
+                start_spam = False
     except LookupFailed as exc:
         reply = Reply("451", "4.3.0", f"Temporary lookup failure, id={txn.mail_id}")
-        return Result(Outcome(Action.TEMPFAIL, reply, lookup_error=str(exc)), (), tuple(results), tuple(timings), scan)
+        return Result(Outcome(Action.TEMPFAIL, reply, lookup_error=str(exc)), (), tuple(results), tuple(timings), scan,
+                      scan.policy)
+    policy, rcpt_settings = scan.policy, scan.rcpt_settings
     findings = tuple(scan.found)
     tempfail = next((r.tempfail for r in results if r.tempfail), None)
     if tempfail:
         reply = Reply("451", "4.3.0", f"Temporary content check failure, try again later, id={txn.mail_id}")
-        return Result(Outcome(Action.TEMPFAIL, reply), findings, tuple(results), tuple(timings), scan)
+        return Result(Outcome(Action.TEMPFAIL, reply), findings, tuple(results), tuple(timings), scan, policy)
     t2 = time.monotonic()
-    decisions: tuple[RcptDecision, ...] = tuple(decide(policy, rs, findings) for rs in rcpt_settings)
-    outcome = collapse(policy, decisions, txn.mail_id)
+    if rejected is not None:
+        outcome = rejected
+    else:
+        decisions: tuple[RcptDecision, ...] = tuple(decide(policy, rs, findings) for rs in rcpt_settings)
+        outcome = collapse(policy, decisions, txn.mail_id)
     spam_view = next((r.spam for r in results if r.spam is not None), None)
-    auth_view = next((r.auth for r in results if r.auth is not None), None)
+    auth_view = scan.auth or next((r.auth for r in results if r.auth is not None), None)
+    if auth_view is not None and auth_view.dmarc is not None and any(
+            d.blocking is not None and d.blocking.check == auth_mod.DMARC_CHECK for d in outcome.decisions):
+        auth_view = auth_mod.with_disposition(auth_view, auth_view.dmarc.action)
     if outcome.action is Action.CONTINUE:
         scanned = any(r.scanned_by for r in results)
         outcome = _pass_edits(config, policy, txn, outcome, findings, scanned, spam_view, auth_view)
     timings.append(("decide", (time.monotonic() - t2) * 1000))
     if outcome.action is not Action.TEMPFAIL and config is not None and keep_blocked:
+        progress.entering(progress.QUARANTINE)
         t3 = time.monotonic()
         outcome = _keep(config, policy, txn, outcome, rcpt_settings, spam_view)
         if outcome.action is not Action.TEMPFAIL:
@@ -139,7 +174,42 @@ def process(config, policy, txn, checks=None, *, keep_blocked: bool = True) -> R
                 log.exception("mail_id %s: building notices failed", txn.mail_id)
         outcome = _sql_log(config, policy, txn, outcome, spam_view)
         timings.append(("quarantine", (time.monotonic() - t3) * 1000))
-    return Result(outcome, findings, tuple(results), tuple(timings), scan)
+    return Result(outcome, findings, tuple(results), tuple(timings), scan, policy)
+
+
+def _after_auth(config, scan, view) -> Outcome | None:
+    """The banks the results choose, loaded; then the bank's DMARC verdict (module doc).
+    Returns the answer when the bank rejects. Raises LookupFailed."""
+    txn, policy = scan.txn, scan.policy
+    if config is not None:
+        chosen = policy_mod.by_auth(config, policy, view.results,
+                                    tuple(v for n, v in txn.headers if n.lower() == "from"))
+        for why in chosen.refused:
+            log.info("mail_id %s: %s", txn.mail_id, why)
+        new = policy_mod.extend(config, policy, chosen.names) if chosen.names else policy
+        if new is not policy:
+            for name, why in chosen.loaded:
+                if name not in policy.bank_path:
+                    log.info("mail_id %s: policy bank %s loaded by %s; bank path %s", txn.mail_id, name, why,
+                             new.bank_path_str)
+            scan.policy = new
+            scan.rcpt_settings = tuple(resolve_rcpt(new, rs.rcpt) for rs in scan.rcpt_settings)
+    verdict = auth_mod.dmarc_verdict(scan.policy, view.results, txn.mail_id)
+    scan.auth = dataclasses.replace(view, dmarc=verdict)
+    if verdict is None:
+        return None
+    log.info("mail_id %s: %s; %s %s", txn.mail_id, verdict.detail, verdict.setting, verdict.action)
+    if verdict.action not in ("reject", "quarantine"):
+        return None
+    finding = auth_mod.dmarc_finding(verdict)
+    scan.found.append(finding)
+    if verdict.action == "quarantine":
+        return None
+    decisions = []
+    for rs in scan.rcpt_settings:
+        top = max((f for f in scan.found if f.applies_to(rs.rcpt)), key=lambda f: (f.ccat, f.minor))
+        decisions.append(RcptDecision(rs.rcpt, top.ccat, top.minor, finding, "reject"))
+    return Outcome(Action.REJECT, auth_mod.dmarc_reply(verdict, txn.mail_id), decisions=tuple(decisions))
 
 
 def _sql_log(config, policy, txn, outcome: Outcome, spam_view) -> Outcome:

@@ -14,11 +14,13 @@ unchecked pass, oversized bounce.
 from __future__ import annotations
 
 import dataclasses
+import logging.handlers
 import os
 import re
 from dataclasses import dataclass
 
-from pymavis import banned
+from pymavis import banned, lookups
+from pymavis.auth import RESULT_KEYS
 from pymavis.checks.headers import MINOR_OF_TEST
 from pymavis.decode import DEFAULT_TYPE_MAP, Limits
 from pymavis.spec import suggest
@@ -62,6 +64,58 @@ class RegexList(Type):
         return "a list of regular expressions"
 
 
+def bank_names_from_text(value) -> tuple[str, ...]:
+    """Policy bank names: 'WHITELIST', amavis's comma-separated 'A,B', or a list of names."""
+    if isinstance(value, str):
+        names = [n.strip() for n in value.split(",")]
+    elif isinstance(value, list) and all(isinstance(n, str) for n in value):
+        names = [n.strip() for n in value]
+    else:
+        raise ValueError(f"expected policy bank names ('WHITELIST', 'A,B' or a list), got {value!r}")
+    if not names or not all(names):
+        raise ValueError(f"expected policy bank names ('WHITELIST', 'A,B' or a list), got {value!r}")
+    return tuple(dict.fromkeys(names))
+
+
+class BankNames(Type):
+    """One or more policy bank names (bank_names_from_text); that each is defined is checked
+    by the loader once every bank is read."""
+
+    def convert(self, value, ctx):
+        try:
+            return bank_names_from_text(value)
+        except ValueError as exc:
+            raise SettingError(str(exc)) from None
+
+    def describe(self):
+        return "policy bank names"
+
+
+def bank_names_in(chain: lookups.LookupChain) -> list[tuple[str, str]]:
+    """(the entry, bank name) for every value of a lookup whose values name banks, so the
+    loader can refuse an undefined one. A regex value with $1 is only known when it is used
+    (policy.py logs and ignores an undefined name then)."""
+    out = []
+
+    def values(table):
+        if isinstance(table, lookups.FileTable):
+            return values(table.table)
+        if isinstance(table, lookups.ConstantTable):
+            return [(table.describe, table.value)]
+        if isinstance(table, lookups.MapTable):
+            return [(key, value) for key, value in table.entries.items()]
+        if isinstance(table, lookups.RegexTable):
+            return [(rx.pattern, value) for rx, value in table.entries]
+        return []   # acl: true/false only, refused by bank_names_from_text
+
+    for table in chain.tables:
+        for entry, names in values(table):
+            for name in names or ():
+                if "$" not in name:
+                    out.append((entry, name))
+    return out
+
+
 _LOVERS = ("virus_lovers", "spam_lovers", "banned_files_lovers", "bad_header_lovers", "unchecked_lovers")
 _BYPASS = ("bypass_virus_checks", "bypass_spam_checks", "bypass_banned_checks", "bypass_header_checks")
 
@@ -80,6 +134,8 @@ DEFAULT_SMTP_REASONS = {
     "MTA": "451 4.3.0 Temporary failure, id={mail_id}",
     "CLEAN": "554 5.7.0 Reject, id={mail_id} - CLEAN",
 }
+
+DMARC_ACTIONS = ("none", "reject", "quarantine", "score")
 
 POLICY_SETTINGS = _settings(
     Setting("originating", Bool(), False,
@@ -181,6 +237,10 @@ POLICY_SETTINGS = _settings(
     Setting("sql_log_failure_is_fatal", Bool(), False,
             "with sql_log on: write the message's rows before answering, and TEMPFAIL when the database "
             "fails (default: queue them, keep a backlog while it is away)"),
+    Setting("debug_sender", BoolLookup, [],
+            "by envelope sender: log this message at debug, whatever log.level says (amavis's debug_sender_maps)"),
+    Setting("debug_recipient", BoolLookup, [],
+            "by recipient: log the message at debug when any recipient matches (amavis's debug_recipient_maps)"),
     Setting("on_internal_error", Enum(("tempfail", "accept")), "tempfail",
             "answer when pymavis itself fails: tempfail keeps the mail in the MTA's queue"),
     # authentication of arriving mail (pymavis/auth, checks/auth.py, docs/authentication.md)
@@ -193,6 +253,13 @@ POLICY_SETTINGS = _settings(
             "never for originating mail"),
     Setting("dkim_min_key_bits", Int(minimum=0), 1024,
             "a signature verified with a smaller RSA key is reported dkim=policy, not pass"),
+    Setting("dmarc_reject_action", Enum(DMARC_ACTIONS), "none",
+            "a DMARC fail with p=reject: none (only reported), reject (554 5.7.1), quarantine "
+            "(blocked as SPAM minor 2 and kept), score (dmarc_fail_score points on the spam level)"),
+    Setting("dmarc_quarantine_action", Enum(DMARC_ACTIONS), "none",
+            "the same for p=quarantine (and for p=reject that pct= sampled out)"),
+    Setting("dmarc_fail_score", Float(), 3.0,
+            "points the score action adds to every recipient's spam level (like score_sender)"),
     Setting("dkim_sign", Bool(), False,
             "sign passed originating mail with the dkim_signing_keys key of its From domain "
             "(not mail leaving as virus, banned, spam or spammy)"),
@@ -220,11 +287,31 @@ MILTER_DEFAULTS = {
     "scan_deadline_s": 240,  # below Postfix's milter_content_timeout (300 s)
     "shutdown_grace_s": 30,  # how long SIGTERM waits for messages in flight
 }
-_LOG_LEVELS = Enum(("debug", "info", "notice", "warning", "error"))
+class LogLevel(Enum):
+    """A level name, or amavisd-new's $log_level 0-5 (log.AMAVIS_LEVELS) -> the level name."""
+
+    def convert(self, value, ctx):
+        from pymavis.log import AMAVIS_LEVELS
+        if isinstance(value, int) and not isinstance(value, bool):
+            if value not in AMAVIS_LEVELS:
+                raise SettingError(f"expected amavis's log_level 0-5 or one of {', '.join(self.choices)}, "
+                                   f"got {value}")
+            return AMAVIS_LEVELS[value]
+        if not isinstance(value, str):
+            raise SettingError(f"expected one of {', '.join(self.choices)} or 0-5, got {_type_name(value)}")
+        return super().convert(value, ctx)
+
+    def describe(self):
+        return super().describe() + ", or 0-5 (amavis's log_level)"
+
+
+_LOG_LEVELS = LogLevel(("debug", "info", "notice", "warning", "error"))
+# what SysLogHandler knows (mail, daemon, user, local0-7, ...); an unknown name would fail at every line
+_SYSLOG_FACILITIES = tuple(sorted(logging.handlers.SysLogHandler.facility_names))
 _LOG_SETTINGS = {
     "level": _LOG_LEVELS,
     "target": Enum(("stderr", "syslog")),
-    "syslog_facility": Str(),
+    "syslog_facility": Enum(_SYSLOG_FACILITIES),
     "syslog_socket": Str(),
     "timing_level": _LOG_LEVELS,   # the TIMING line of each message (observe.py)
 }
@@ -648,6 +735,13 @@ GLOBAL_SETTINGS = _settings(
     Setting("dns", Section(_DNS_SETTINGS, DNS_DEFAULTS), DNS_DEFAULTS,
             "DNS for the authentication checks: resolver (name server addresses; null: /etc/resolv.conf), "
             "timeout_s (one lookup), deadline_s (all lookups of one message)"),
+    Setting("author_to_policy_bank", Lookup("address", bank_names_from_text), None,
+            "banks by the author (the one From address; keys as other address lookups: "
+            "{'.paypal.com': WHITELIST}), loaded after the authentication check when a DKIM "
+            "signature by the author's domain or a parent passed (amavis's @author_to_policy_bank_maps)"),
+    Setting("auth_result_policy", StrMap(BankNames(), keys=RESULT_KEYS), {},
+            "banks by authentication result ({'dmarc=fail': SUSPECT, 'spf=fail': [A, B]}): every key "
+            "that matches loads its banks, in the order written, before the author's"),
     Setting("mynets_bank", Str(nullable=True), "MYNETS", "bank loaded when the client is in mynetworks"),
     Setting("auth_bank", Str(nullable=True), "AUTH", "bank loaded when the client authenticated (SMTP AUTH)"),
     Setting("myusers_bank", Str(nullable=True), "MYUSERS",
@@ -655,6 +749,9 @@ GLOBAL_SETTINGS = _settings(
     Setting("event_log", Section(_EVENT_LOG_SETTINGS, EVENT_LOG_DEFAULTS), EVENT_LOG_DEFAULTS,
             "one JSON event per message (amavis's structured_report fields): target none, file, stdout or "
             "syslog; path (file; default STATE_DIR/events.jsonl); redact addresses and/or subjects"),
+    Setting("control_socket", Str(nullable=True), "pymavis.ctl",
+            "unix socket (mode 0600; relative to state_dir) where `pymavis status` and `pymavis stats` ask the "
+            "running milter; null: none"),
     Setting("metrics", MetricsSection(_METRICS_SETTINGS, METRICS_DEFAULTS), METRICS_DEFAULTS,
             "Prometheus metrics over HTTP: listen HOST:PORT (null: off; loopback only unless "
             "allow_non_loopback: true)"),
