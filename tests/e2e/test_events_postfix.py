@@ -1,5 +1,5 @@
-"""Observability behind a real Postfix: a clean and a banned message give one JSON event
-each in the event log file, with the values the MTA and the client saw (queue id, action,
+"""Observability behind a real Postfix (with the session's real clamd and spamd): a clean, a
+banned, a virus and a spam message give one JSON event each in the event log file, with the values the MTA and the client saw (queue id, action,
 category, reply, quarantine), valid against docs/event.schema.json; each gets a TIMING
 line; the Prometheus endpoint, scraped over HTTP, counts them. A message whose checks
 fail inside pymavis (PYMAVIS_FAULT_INJECT) is answered TEMPFAIL and still has its event
@@ -17,6 +17,8 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from conftest import ROOT
+from harness.spamd import GTUBE
+from harness.virusmail import eicar_plain
 from harness.net import LOOPBACK, free_port, wait_until
 from harness.postfix import PostfixInstance
 from harness.pymavisd import PymavisProcess
@@ -42,11 +44,13 @@ def message(subject: str, attachment: tuple[str, bytes] | None = None) -> bytes:
 
 
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory, public_tmp, sink):
+def setup(tmp_path_factory, public_tmp, sink, clamd, spamd):
     workdir = tmp_path_factory.mktemp("pymavis")
     metrics_port = free_port()
     main = f"""\
         mydomain: example.test
+        av_scanners: [{{name: clamd, socket: "{clamd.socket_spec("unix")}", timeout_s: 30}}]
+        spam_scanners: [{{name: spamd, socket: "{spamd.socket_spec("unix")}", timeout_s: 60}}]
         log:
           timing_level: info
         event_log:
@@ -58,6 +62,8 @@ def setup(tmp_path_factory, public_tmp, sink):
           mynetworks: [10.0.0.0/8]
           local_domains: [example.net]
           final_banned_destiny: reject
+          final_virus_destiny: reject
+          final_spam_destiny: reject
         """
     proc = PymavisProcess(str(workdir), main, env={"PYMAVIS_FAULT_INJECT": FAULT}).start()
     try:
@@ -140,3 +146,22 @@ def test_an_internal_error_still_gives_an_event_and_a_count(setup):
     assert e["error"].startswith("internal error: InjectedFault: fault injected by PYMAVIS_FAULT_INJECT")
     assert "internal error" in proc.log_text() and e["mail_id"] in proc.log_text()
     assert scrape(metrics_port)[key] == before + 1
+
+
+def test_virus_and_spam_messages_give_events_with_names_and_scores(setup):
+    proc, postfix, path, metrics_port = setup
+    virus_subject = f"virus {uuid.uuid4().hex[:8]}"
+    reply = postfix.send("mx", SENDER, ["bob@example.net"], eicar_plain(virus_subject))
+    assert reply.code == 554 and "INFECTED" in reply.text, reply
+    spam_subject = f"spam {uuid.uuid4().hex[:8]}"
+    gtube = message(spam_subject).replace(b"hello", GTUBE)
+    reply = postfix.send("mx", SENDER, ["bob@example.net"], gtube)
+    assert reply.code == 554 and "spam" in reply.text, reply
+    virus, spam = event_for(path, virus_subject), event_for(path, spam_subject)
+    for e in (virus, spam):
+        jsonschema.validate(e, SCHEMA)
+        assert e["action"] == ["REJECT"] and e["quarantine"] == "local:."
+    assert virus["content_type"] == "Virus" and any("Eicar" in n for n in virus["virusnames"])
+    assert "V" in virus["checks_performed"].split()
+    assert spam["content_type"] == "Spam" and spam["spam_score"] >= 1000 and "GTUBE" in spam["tests"]
+    assert spam["recipients"][0]["ccat_main"] == "Spam" and "S" in spam["checks_performed"].split()
