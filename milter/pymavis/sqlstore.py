@@ -111,6 +111,9 @@ pq = pymavis_quarantine = Table(
     _text("release_resp", nullable=False), Index("pymavis_quarantine_idx_mail_id", "mail_id"))
 
 
+_INSERT = {table: insert(table) for table in (msgs, msgrcpt, quarantine, pq)}   # built once: executemany
+
+
 class StoreError(Exception):
     """A database operation failed; the message names the database (password hidden) and what failed."""
 
@@ -252,16 +255,16 @@ class Database:
         it is), the message as quarantine chunks; one transaction, durable when it returns."""
         self._check(entry, source)
         with self._transaction(f"store mail_id {entry.mail_id}") as conn:
-            self._put(conn, entry, source)
+            self._put(conn, [entry], source)
 
     def put_many(self, entries: list[QEntry]) -> None:
         """Store `entries` (no message bytes) in one transaction: all or none (the SQL log's
-        batches: one commit, one fsync, for what queued up while the last one was written)."""
+        batches: one commit, one fsync, one statement per table for what queued up while the
+        last batch was written)."""
         for entry in entries:
             self._check(entry, None)
         with self._transaction(f"store {len(entries)} entries") as conn:
-            for entry in entries:
-                self._put(conn, entry, None)
+            self._put(conn, entries, None)
 
     def _check(self, entry: QEntry, source) -> None:
         if not entry.rcpts:
@@ -271,12 +274,15 @@ class Database:
         if source is None and any(r.quar_type == "Q" for r in entry.rcpts):
             raise StoreError(f"{self.where}: mail_id {entry.mail_id}: quar_type 'Q' without the message")
 
-    def _put(self, conn, entry: QEntry, source) -> None:
-        tag, first = self.partition_tag, next((r for r in entry.rcpts if r.quar_type), None)
-        mail_id = _id(entry.mail_id)
-        ids = self._addr_ids(conn, [entry.sender, *(r.addr for r in entry.rcpts)])
-        try:
-            conn.execute(insert(msgs).values(
+    def _put(self, conn, entries: list[QEntry], source) -> None:
+        """The rows of `entries`, each table in one executemany; `source` (one entry only)
+        as quarantine chunks."""
+        tag = self.partition_tag
+        ids = self._addr_ids(conn, [a for e in entries for a in (e.sender, *(r.addr for r in e.rcpts))])
+        msg_rows, rcpt_rows, kept_rows = [], [], []
+        for entry in entries:
+            mail_id, first = _id(entry.mail_id), next((r for r in entry.rcpts if r.quar_type), None)
+            msg_rows.append(dict(
                 partition_tag=tag, mail_id=mail_id, secret_id=_id(entry.secret_id), am_id=entry.log_id,
                 time_num=int(entry.time), time_iso=datetime.fromtimestamp(entry.time, timezone.utc),
                 sid=ids[entry.sender], policy=entry.policy, client_addr=entry.client_addr, size=entry.size,
@@ -284,39 +290,54 @@ class Database:
                 quar_type=first.quar_type if first else " ", quar_loc=first.quar_loc if first else "",
                 dsn_sent=entry.dsn_sent, spam_level=entry.spam_level, message_id=_fit(entry.message_id),
                 from_addr=_fit(entry.from_addr), subject=_fit(entry.subject), host=entry.host))
+            for n, r in enumerate(entry.rcpts, 1):
+                rcpt_rows.append(dict(
+                    partition_tag=tag, mail_id=mail_id, rseqnum=n, rid=ids[r.addr], is_local="Y" if r.is_local else "N",
+                    content=r.content, ds=r.ds, rs=r.rs, bl=" ", wl=" ", bspam_level=r.bspam_level,
+                    smtp_resp=_fit(r.smtp_resp)))
+                if r.quar_type:
+                    kept_rows.append(dict(
+                        partition_tag=tag, mail_id=mail_id, rseqnum=n, quar_type=r.quar_type, quar_loc=r.quar_loc,
+                        queue_id=entry.queue_id, category=r.category, reason=_fit(r.reason),
+                        released_time=r.released_time, released_by=_fit(r.released_by),
+                        release_resp=_fit(r.release_resp)))
+        try:
+            conn.execute(_INSERT[msgs], msg_rows)
         except IntegrityError:
-            raise StoreError(f"{self.where}: mail_id {entry.mail_id} is already stored") from None
-        conn.execute(insert(msgrcpt), [
-            dict(partition_tag=tag, mail_id=mail_id, rseqnum=n, rid=ids[r.addr],
-                 is_local="Y" if r.is_local else "N", content=r.content, ds=r.ds, rs=r.rs, bl=" ", wl=" ",
-                 bspam_level=r.bspam_level, smtp_resp=_fit(r.smtp_resp)) for n, r in enumerate(entry.rcpts, 1)])
-        kept = [dict(partition_tag=tag, mail_id=mail_id, rseqnum=n, quar_type=r.quar_type, quar_loc=r.quar_loc,
-                     queue_id=entry.queue_id, category=r.category, reason=_fit(r.reason),
-                     released_time=r.released_time, released_by=_fit(r.released_by),
-                     release_resp=_fit(r.release_resp)) for n, r in enumerate(entry.rcpts, 1) if r.quar_type]
-        if kept:
-            conn.execute(insert(pq), kept)
-        for n, block in enumerate(_blocks(source) if source is not None else (), 1):
-            conn.execute(insert(quarantine).values(partition_tag=tag, mail_id=mail_id, chunk_ind=n,
-                                                   mail_text=block))
+            which = entries[0].mail_id if len(entries) == 1 else "of this batch"
+            raise StoreError(f"{self.where}: mail_id {which} is already stored") from None
+        conn.execute(_INSERT[msgrcpt], rcpt_rows)
+        if kept_rows:
+            conn.execute(_INSERT[pq], kept_rows)
+        if source is not None:
+            mail_id = _id(entries[0].mail_id)
+            for n, block in enumerate(_blocks(source), 1):
+                conn.execute(_INSERT[quarantine], dict(partition_tag=tag, mail_id=mail_id, chunk_ind=n,
+                                                       mail_text=block))
 
     def _addr_ids(self, conn, addrs: list[str]) -> dict[str, int]:
-        """maddr ids, created where missing. In one order (sorted) for every put, so two puts
-        waiting on each other's new address cannot deadlock; a concurrent put that created it
-        first shows as IntegrityError, and we take its row."""
+        """maddr ids, created where missing: the known ones in one SELECT, the new ones one at a
+        time in one order (sorted) for every put, so two puts waiting on each other's new
+        address cannot deadlock; a concurrent put that created it first shows as
+        IntegrityError, and we take its row."""
+        wanted = {_email(a): a for a in addrs}
         ids = {}
-        for addr in sorted(set(addrs), key=_email):
-            row = and_(maddr.c.partition_tag == self.partition_tag, maddr.c.email == _email(addr))
-            found = conn.execute(select(maddr.c.id).where(row)).scalar()
-            if found is None:
-                try:
-                    with conn.begin_nested():
-                        found = conn.execute(insert(maddr).values(
-                            partition_tag=self.partition_tag, email=_email(addr), domain=_domain(addr))
-                        ).inserted_primary_key[0]
-                except IntegrityError:
-                    found = conn.execute(select(maddr.c.id).where(row)).scalar_one()
-            ids[addr] = found
+        keys = sorted(wanted)
+        for i in range(0, len(keys), ID_BATCH):
+            rows = conn.execute(select(maddr.c.email, maddr.c.id).where(
+                maddr.c.partition_tag == self.partition_tag, maddr.c.email.in_(keys[i:i + ID_BATCH])))
+            ids.update({wanted[bytes(email)]: id_ for email, id_ in rows})
+        for email in keys:
+            addr = wanted[email]
+            if addr in ids:
+                continue
+            row = and_(maddr.c.partition_tag == self.partition_tag, maddr.c.email == email)
+            try:
+                with conn.begin_nested():
+                    ids[addr] = conn.execute(insert(maddr).values(
+                        partition_tag=self.partition_tag, email=email, domain=_domain(addr))).inserted_primary_key[0]
+            except IntegrityError:
+                ids[addr] = conn.execute(select(maddr.c.id).where(row)).scalar_one()
         return ids
 
     def entry(self, mail_id: str) -> QEntry:
