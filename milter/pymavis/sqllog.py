@@ -2,8 +2,9 @@
 (sqlstore.py), so amavis's web front ends and reports read pymavis's traffic.
 
 Off the hot path: the pipeline hands the finished entry to a bounded queue and one writer
-thread commits what has queued up, up to BATCH entries in one transaction (one commit and
-one fsync for many messages; an entry the database refuses is found by writing them one
+thread commits what has queued up in LINGER_S, up to BATCH entries in one transaction
+(one commit and one fsync for many messages: measured 1.2-1.6 ms of CPU for a transaction
+of one row, 0.1 ms per row in batches; an entry the database refuses is found by writing them one
 at a time, logged and dropped). When the database is away the entries wait (up to `queue_max`) and are
 written once it is back; the log says how many wait, and how many were dropped when the
 queue was full (a gap in the log, never a delay or a refusal of mail).
@@ -25,7 +26,8 @@ import time
 from . import keep, sqlstore
 from .log import log
 
-BATCH = 200   # entries written in one transaction at most
+BATCH = 200      # entries written in one transaction at most
+LINGER_S = 0.25  # how long the writer lets a batch gather (a transaction costs ~1.2 ms of CPU, a row ~0.1)
 
 
 class SqlLog:
@@ -77,6 +79,9 @@ class SqlLog:
                     self._cond.wait()
                 if not self._pending:
                     return
+                linger = time.monotonic() + LINGER_S   # let a batch gather: one transaction for many
+                while len(self._pending) < BATCH and not self._stopping and (left := linger - time.monotonic()) > 0:
+                    self._cond.wait(left)
                 batch = list(itertools.islice(self._pending, BATCH))
             try:
                 self.db.put_many(batch)      # one commit for what queued up meanwhile
