@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import io
 import math
+import os
 import re
 import time
 from contextlib import contextmanager
@@ -214,6 +215,10 @@ class Database:
                     parent.mkdir(parents=True, exist_ok=True)
                 except OSError as exc:
                     raise StoreError(f"{self.where}: cannot create directory {parent}: {exc.strerror}") from None
+                try:   # addresses and subjects are not for every local user (-wal/-shm get this mode too)
+                    os.close(os.open(parsed.database, os.O_CREAT | os.O_RDWR, 0o640))
+                except OSError as exc:
+                    raise StoreError(f"{self.where}: cannot create {parsed.database}: {exc.strerror}") from None
         else:
             options["pool_pre_ping"] = True         # a restarted server costs one retry, not a failed put
             if parsed.get_backend_name() == "postgresql":
