@@ -25,8 +25,9 @@ check runs), `quarantine` adds a SPAM minor 2 finding that blocks (decide.FINDIN
 and makes our field say `dis=quarantine` when it blocked someone, `score` is the spam
 check's (checks/spam.py). The policy the message was decided under is Result.policy.
 
-Blocked recipients' copies are kept (keep.py) before the answer; when that fails the
-answer is TEMPFAIL (QUARANTINE FAILED logged), so the MTA keeps the message. Notices
+Blocked recipients' copies are kept (keep.py) before the answer and before the passed
+recipients' edits and re-submissions; when that fails the answer is TEMPFAIL (QUARANTINE
+FAILED logged), so the MTA keeps the message and nothing was sent on. Notices
 (notify.py) are queued to disk after that and sent by the outbox's own thread.
 
 Test hooks (environment, tests only): with PYMAVIS_FAULT_INJECT=MARKER a message whose
@@ -159,21 +160,28 @@ def process(config, policy, txn, checks=None, *, keep_blocked: bool = True) -> R
     if auth_view is not None and auth_view.dmarc is not None and any(
             d.blocking is not None and d.blocking.check == auth_mod.DMARC_CHECK for d in outcome.decisions):
         auth_view = auth_mod.with_disposition(auth_view, auth_view.dmarc.action)
-    if outcome.action is Action.CONTINUE:
-        scanned = any(r.scanned_by for r in results)
-        outcome = _pass_edits(config, policy, txn, outcome, findings, scanned, spam_view, auth_view)
     timings.append(("decide", (time.monotonic() - t2) * 1000))
-    if outcome.action is not Action.TEMPFAIL and config is not None and keep_blocked:
+    keeping = outcome.action is not Action.TEMPFAIL and config is not None and keep_blocked
+    if keeping:
+        # before any re-submission: a keep that fails answers TEMPFAIL, and the MTA's retry
+        # must not deliver again what was re-submitted
         progress.entering(progress.QUARANTINE)
         t3 = time.monotonic()
         outcome = _keep(config, policy, txn, outcome, rcpt_settings, spam_view)
+        timings.append(("quarantine", (time.monotonic() - t3) * 1000))
+    if outcome.action is Action.CONTINUE and not outcome.quarantine_reason:   # not held: edits, re-submission
+        t4 = time.monotonic()
+        scanned = any(r.scanned_by for r in results)
+        outcome = dataclasses.replace(_pass_edits(config, policy, txn, outcome, findings, scanned, spam_view,
+                                                  auth_view), quarantined=outcome.quarantined)
+        timings.append(("edits", (time.monotonic() - t4) * 1000))
+    if keeping:
         if outcome.action is not Action.TEMPFAIL:
             try:
                 notices.send_notices(config, policy, txn, outcome, findings, rcpt_settings, spam_view)
             except Exception:   # a notice must never change the answer: the message is safe
                 log.exception("mail_id %s: building notices failed", txn.mail_id)
         outcome = _sql_log(config, policy, txn, outcome, spam_view)
-        timings.append(("quarantine", (time.monotonic() - t3) * 1000))
     return Result(outcome, findings, tuple(results), tuple(timings), scan, policy)
 
 

@@ -93,13 +93,15 @@ def cmd_delete(config, args) -> int:
 
 
 def _delete(keeper: keep.Keeper, entry: sqlstore.QEntry) -> None:
-    """The message's files (local copies) and its index entry; held mail stays with the MTA."""
+    """The message's index entry, then its files (local copies): a failure in between leaves
+    an orphan file (`quarantine orphans`), never an entry whose copy is gone. Held mail
+    stays with the MTA."""
+    keeper.db.delete(entry.mail_id)
     for r in _kept(entry):
         if r.quar_type == "F":
             path = keeper.dir / r.quar_loc
             path.unlink(missing_ok=True)
             path.with_name(f"{entry.mail_id}.json").unlink(missing_ok=True)
-    keeper.db.delete(entry.mail_id)
 
 
 def cmd_expire(config, args) -> int:

@@ -245,3 +245,28 @@ def test_expire_removes_old_entries_only(tmp_path):
     args.days = -1.0
     assert quarcmd.cmd_expire(config, args) == 0
     assert keep.keeper(config).db.entries() == []
+
+
+def test_a_failed_keep_re_submits_nothing(tmp_path, sink):
+    """Copies are kept before the passed recipients' re-submission: when keeping fails the
+    answer is TEMPFAIL and nothing went out, so the MTA's retry delivers nothing twice."""
+    (tmp_path / "blocker").write_text("")
+    config = kept_config(tmp_path, sink, f"""quarantine: {{dir: {tmp_path / 'blocker' / 'q'}}}
+policy:
+  final_banned_destiny: bounce
+  banned_files_lovers: [lover@example.com]
+  banned_filename_maps: {{"allowed@example.com": "ALLOW_EXE,DEFAULT", ".": DEFAULT}}
+""")
+    txn, result = process(config, BANNED, ("lover@example.com", "allowed@example.com", "bob@example.com"))
+    assert result.outcome.action is Action.TEMPFAIL and result.outcome.quarantine_failed
+    assert sink.messages == []
+    (tmp_path / "ok").mkdir()
+    config = kept_config(tmp_path / "ok", sink, """policy:
+  final_banned_destiny: bounce
+  banned_files_lovers: [lover@example.com]
+  banned_filename_maps: {"allowed@example.com": "ALLOW_EXE,DEFAULT", ".": DEFAULT}
+""")
+    txn, result = process(config, BANNED, ("lover@example.com", "allowed@example.com", "bob@example.com"))
+    assert result.outcome.action is Action.CONTINUE and result.outcome.quarantined == "local:."
+    got = sink.wait_for(1)                     # the minority group, re-submitted once the copy was kept
+    assert [m.rcpt_tos for m in got if m.mail_from == "a@example.org"] == [("allowed@example.com",)]
