@@ -17,7 +17,7 @@ RUN_DEBS   := libmilter-dev libmagic1 libarchive13 gcc python3-dev python3-venv
 # (clamav-daemon, clamav: a real clamd with a signature database built at test time), spamd
 # (spamd, spamassassin: a real spamd with the rules Debian ships), postgresql (a throwaway
 # cluster for the SQL quarantine tests).
-TEST_DEBS  := postfix miltertest zip clamav-testfiles clamav-daemon clamav spamd spamassassin postgresql
+TEST_DEBS  := postfix miltertest zip clamav-testfiles clamav-daemon clamav spamd spamassassin postgresql opendkim-tools
 
 export DEBIAN_FRONTEND := noninteractive
 

@@ -42,8 +42,8 @@ class FakeDNS(socketserver.ThreadingUDPServer):
     daemon_threads = True
     allow_reuse_address = True
 
-    def __init__(self, txt: dict[str, str]):
-        super().__init__((LOOPBACK, 0), _Handler)
+    def __init__(self, txt: dict[str, str], port: int = 0):
+        super().__init__((LOOPBACK, port), _Handler)
         self.txt = {k.lower().rstrip(".") + ".": v for k, v in txt.items()}
         self.queries: list[tuple[str, str]] = []
         self._thread = threading.Thread(target=self.serve_forever, name="fakedns", daemon=True)
