@@ -11,7 +11,10 @@ HEADERS. A re-submission that fails before anything was sent answers TEMPFAIL; a
 group was sent, the groups left stay in this transaction (never lost, never sent twice).
 Our Authentication-Results field (checks/auth.py) is the same for every group and is
 inserted after the other edits; originating mail in a bank with `dkim_sign` is then signed
-as it will leave (auth/dkimsign.py), each re-submitted group with its own edits.
+as it will leave (auth/dkimsign.py), and arriving mail in a bank with `arc_seal` gets our ARC
+set on top of that (auth/arcseal.py), each re-submitted group with its own edits. Neither is
+added to mail leaving as VIRUS, BANNED, SPAM or SPAMMY (to lovers): it would vouch for it.
+A message that cannot be signed or sealed passes without, with a warning.
 
 Right after the authentication check (`_after_auth`): the banks its results choose
 (policy.by_auth: auth_result_policy, author_to_policy_bank) are merged onto the path and
@@ -46,7 +49,7 @@ from dataclasses import dataclass, field
 from . import checks as checks_mod
 from . import edits, keep, notices, progress, resubmit, sqllog, sqlstore
 from . import policy as policy_mod
-from .auth import dkimsign, dmarc
+from .auth import arcseal, dkimsign, dmarc
 from .auth import resolver as auth_dns
 from .categories import Ccat, Finding
 from .checks import auth as auth_mod
@@ -284,10 +287,11 @@ def _pass_edits(config, policy, txn, outcome: Outcome, findings, scanned: bool, 
     common = edits.removals(txn, spam_view) + edits.auth_removals(txn, auth_view)
     last = edits.auth_field(auth_view)   # Authentication-Results: inserted last, so it is on top
     key = _signing_key(config, policy, txn, passed)
+    sealing = _sealing(config, policy, txn, passed, auth_view)
     groups = edits.groups(per_rcpt)
     kept, resubmitted = (groups[0] if groups else edits.Group((), ())), []
     if len(groups) > 1:
-        resubmitted, left = _resubmit(config, txn, common, groups[1:], extension, last, key)
+        resubmitted, left = _resubmit(config, txn, common, groups[1:], extension, last, key, sealing)
         if resubmitted is None:
             reply = Reply("451", "4.3.0", f"Temporary failure re-submitting for other recipients, id={txn.mail_id}")
             return Outcome(Action.TEMPFAIL, reply, decisions=outcome.decisions)
@@ -297,8 +301,8 @@ def _pass_edits(config, policy, txn, outcome: Outcome, findings, scanned: bool, 
     gone = {r for g in resubmitted for r in g.rcpts}
     stay_extended = {old: new for old, new in extension.items() if old not in gone}
     headers = common + kept.headers + last
-    if key is not None:
-        headers += _signature(resubmit.message_bytes(txn.spool.read(), headers), key, txn.mail_id)
+    if key is not None or sealing is not None:
+        headers = _signed(txn.spool.read(), headers, key, sealing, txn.mail_id)
     return Outcome(
         Action.CONTINUE,
         headers=headers,
@@ -309,9 +313,14 @@ def _pass_edits(config, policy, txn, outcome: Outcome, findings, scanned: bool, 
     )
 
 
-# Mail leaving with one of these main categories (to lovers) is never signed: our signature
-# would vouch for it.
+# Mail leaving with one of these main categories (to lovers) is never DKIM-signed or ARC-sealed:
+# our signature would vouch for it.
 _NOT_SIGNED = frozenset({Ccat.VIRUS, Ccat.BANNED, Ccat.SPAM, Ccat.SPAMMY})
+
+
+def _unsigned_as(passed) -> str:
+    """The _NOT_SIGNED categories passed recipients get the mail as ("" when none)."""
+    return ", ".join(sorted({d.main.name for d in passed if d.main in _NOT_SIGNED}))
 
 
 def _signing_key(config, policy, txn, passed):
@@ -320,12 +329,55 @@ def _signing_key(config, policy, txn, passed):
     whole, and no passed recipient getting it as virus, banned, spam or spammy."""
     if config is None or not policy.dkim_sign or not policy.originating or getattr(txn.spool, "truncated", False):
         return None
-    if any(d.main in _NOT_SIGNED for d in passed):
-        log.info("mail_id %s: not DKIM-signed: it leaves as %s", txn.mail_id,
-                 ", ".join(sorted({d.main.name for d in passed if d.main in _NOT_SIGNED})))
+    if _unsigned_as(passed):
+        log.info("mail_id %s: not DKIM-signed: it leaves as %s", txn.mail_id, _unsigned_as(passed))
         return None
     author = dmarc.author_domain([v for n, v in txn.headers if n.lower() == "from"])
     return dkimsign.key_for(config["dkim_signing_keys"], author)
+
+
+def _sealing(config, policy, txn, passed, auth_view):
+    """(key, authserv-id) to ARC-seal this passed mail with (auth/arcseal.py), or None: only
+    with arc_seal on, for a message stored whole whose chain was verified here (arriving mail:
+    our field has arc=) with a result a seal can carry, and no passed recipient getting it as
+    virus, banned, spam or spammy."""
+    if config is None or not policy.arc_seal or getattr(txn.spool, "truncated", False):
+        return None
+    arc = auth_view.results.arc if auth_view is not None and auth_view.field is not None else None
+    if arc is None:
+        log.debug("mail_id %s: not ARC-sealed: its ARC chain was not verified (originating mail)", txn.mail_id)
+        return None
+    if arc.result not in arcseal.SEALABLE:
+        log.info("mail_id %s: not ARC-sealed: the chain it arrived with is arc=%s (%s)", txn.mail_id, arc.result,
+                 arc.reason)
+        return None
+    if _unsigned_as(passed):
+        log.info("mail_id %s: not ARC-sealed: it leaves as %s", txn.mail_id, _unsigned_as(passed))
+        return None
+    return config["arc_sealing"], auth_view.authserv_id
+
+
+def _signed(raw: bytes, headers: tuple, key, sealing, mail_id: str) -> tuple[HeaderEdit, ...]:
+    """`headers` with our DKIM-Signature, then our ARC set, added at the top: each made over
+    the message as it leaves with the edits before it."""
+    if key is not None:
+        headers += _signature(resubmit.message_bytes(raw, headers), key, mail_id)
+    if sealing is not None:
+        headers += _seal(resubmit.message_bytes(raw, headers), sealing, mail_id)
+    return headers
+
+
+def _seal(data: bytes, sealing, mail_id: str) -> tuple[HeaderEdit, ...]:
+    """Our ARC set for `data`, inserted so that the ARC-Seal ends up on top; none (and a
+    warning) when it cannot be made."""
+    key, authserv_id = sealing
+    try:
+        fields = arcseal.seal(data, key, authserv_id)
+    except dkimsign.SignFailed as exc:
+        log.warning("mail_id %s: not ARC-sealed for %s: %s", mail_id, key.domain, exc)
+        return ()
+    log.debug("mail_id %s: ARC-sealed d=%s s=%s (%s)", mail_id, key.domain, key.selector, fields[0][1].split(";")[0])
+    return tuple(HeaderEdit(name, value, "insert") for name, value in reversed(fields))
 
 
 def _signature(data: bytes, key, mail_id: str) -> tuple[HeaderEdit, ...]:
@@ -340,7 +392,7 @@ def _signature(data: bytes, key, mail_id: str) -> tuple[HeaderEdit, ...]:
     return (HeaderEdit("DKIM-Signature", value, "insert"),)
 
 
-def _resubmit(config, txn, common, groups, extension, last=(), key=None):
+def _resubmit(config, txn, common, groups, extension, last=(), key=None, sealing=None):
     """(groups sent, groups left in this transaction); (None, ...) when the first failed."""
     settings = config["resubmit"]
     if not settings["socket"] or getattr(txn.spool, "truncated", False):
@@ -350,9 +402,7 @@ def _resubmit(config, txn, common, groups, extension, last=(), key=None):
     sent = []
     for i, group in enumerate(groups):
         rcpts = [dataclasses.replace(rcpt_by_addr[a], addr=extension.get(a, a)) for a in group.rcpts]
-        headers = common + group.headers + last
-        if key is not None:
-            headers += _signature(resubmit.message_bytes(raw, headers), key, txn.mail_id)
+        headers = _signed(raw, common + group.headers + last, key, sealing, txn.mail_id)
         data = resubmit.message_bytes(raw, headers)
         try:
             reply = resubmit.send(settings, config.myhostname, txn, rcpts, data)

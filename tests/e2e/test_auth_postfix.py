@@ -4,14 +4,19 @@ delivered it), and the same message arriving on the MX listener is verified agai
 "published" by a fake DNS server: one Authentication-Results field of ours with dkim=pass,
 the one it carried from the first pass removed; a name server that does not answer gives
 temperror, never fail. Mail whose From domain publishes DMARC p=reject and fails it is
-refused at end of data with 554 5.7.1 (dmarc_reject_action: reject)."""
+refused at end of data with 554 5.7.1 (dmarc_reject_action: reject). Mail ARC-sealed by a
+forwarder before it reaches the MX listener of a filter with arc_verify and arc_seal leaves
+with arc=pass in our field and our ARC set i=2, which dkimpy's arc_verify passes."""
 
 from __future__ import annotations
 
+import os
 import uuid
 
 import dkim
 import pytest
+
+from conftest import CORPUS
 
 from harness.fakedns import FakeDNS
 from harness.net import free_port, wait_until
@@ -120,3 +125,43 @@ def test_a_name_server_that_does_not_answer_gives_temperror(tmp_path_factory, pu
             assert len(ours) == 1 and "dkim=temperror" in ours[0], ours
     finally:
         assert proc.stop() == 0
+
+
+# The forwarder's key: dkimpy's published 2048-bit test key; ours is the e2e key of example.org.
+FORWARDER_KEY = os.path.join(CORPUS, "dkimpy-tests-data", "2048_testkey.key")
+FORWARDER_PUB = os.path.join(CORPUS, "dkimpy-tests-data", "2048_testkey_wo_markers.pub.txt")
+
+
+def arc_config(key_path: str, dns_spec: str) -> str:
+    return (config(key_path, dns_spec) + "  arc_verify: true\n  arc_seal: true\n"
+            + f'arc_sealing: {{domain: example.org, selector: e2e, key_file: "{key_path}"}}\n')
+
+
+def test_a_forwarded_arc_chain_is_verified_and_sealed_again(tmp_path_factory, public_tmp, sink, key):
+    with open(FORWARDER_PUB) as f:
+        records = {"e2e._domainkey.example.org": key[1], "up._domainkey.forwarder.example": f.read().strip()}
+    with open(FORWARDER_KEY, "rb") as f:
+        forwarder_key = f.read()
+    subj = f"arc {uuid.uuid4().hex[:8]}"
+    forwarded = b"Authentication-Results: forwarder.example; spf=pass smtp.mailfrom=sender@example.org; arc=none\r\n" \
+        + message(subj)
+    forwarded = b"".join(dkim.arc_sign(forwarded, b"up", b"forwarder.example", forwarder_key,
+                                       b"forwarder.example")) + forwarded
+    with FakeDNS(records) as dns:
+        proc = PymavisProcess(str(tmp_path_factory.mktemp("pymavis-arc")), arc_config(key[0], dns.spec),
+                              BANKS).start()
+        try:
+            with PostfixInstance(public_tmp / "postfix-arc", sink_port=sink.port, milter=proc.socket_spec) as pf:
+                assert pf.send("mx", SENDER, [BOB], forwarded).code == 250
+                got = delivered(sink, subj)
+        finally:
+            assert proc.stop() == 0
+    ours = [str(f) for f in got.message.get_all("Authentication-Results") if str(f).startswith("filter.test")]
+    assert len(ours) == 1 and ours[0].endswith("arc=pass (i=1)"), ours
+    assert str(got.message["ARC-Seal"]).startswith("i=2; cv=pass; a=rsa-sha256; d=example.org; s=e2e;")
+
+    def lookup(name, timeout=5):
+        return records.get(name.decode().rstrip("."), "").encode() or None
+
+    cv, sets, why = dkim.arc_verify(got.data, dnsfunc=lookup)
+    assert (cv, [s["instance"] for s in sets]) == (b"pass", [2, 1]), why

@@ -4,6 +4,7 @@ executable libmagic recognises, zip archives in memory."""
 from __future__ import annotations
 
 import io
+import os
 import struct
 import zipfile
 
@@ -30,3 +31,12 @@ def zip_bytes(*members: tuple[str, bytes]) -> bytes:
         for name, data in members:
             zf.writestr(name, data)
     return buf.getvalue()
+
+
+def corpus_files(root: str, max_bytes: int = 2_000_000):
+    """Every file under the shared corpus directory `root` of at most `max_bytes`, walk order."""
+    for top, _, files in os.walk(root):
+        for name in files:
+            path = os.path.join(top, name)
+            if os.path.getsize(path) <= max_bytes:
+                yield path

@@ -59,8 +59,9 @@ class SigningKey:
         return f"SigningKey({self.domain!r}, {self.selector!r}, {self.algorithm!r})"
 
 
-def read_key(path: str, algorithm: str) -> bytes:
-    """The key file's bytes, checked for `algorithm`. Raises BadKey (and OSError)."""
+def read_key(path: str, algorithm: str, max_rsa_bits: int | None = None) -> bytes:
+    """The key file's bytes, checked for `algorithm` (and an RSA key's size against
+    `max_rsa_bits`, for ARC: config/schema.py). Raises BadKey (and OSError)."""
     with open(path, "rb") as f:
         data = f.read().replace(b"\r\n", b"\n")
     if algorithm == "rsa-sha256":
@@ -72,6 +73,9 @@ def read_key(path: str, algorithm: str) -> bytes:
         bits = key["modulus"].bit_length()
         if bits < 1024:
             raise BadKey(f"{path}: a {bits}-bit RSA key is too small to sign with (RFC 8301: at least 1024)")
+        if max_rsa_bits is not None and bits > max_rsa_bits:
+            raise BadKey(f"{path}: a {bits}-bit RSA key is too large here (at most {max_rsa_bits} bits: "
+                         "its signature must fit a one-line header value)")
         return data
     import nacl.encoding
     import nacl.exceptions
@@ -104,18 +108,31 @@ def header_names(message: bytes) -> list[str]:
     return [m.group(1).decode("ascii").lower() for m in re.finditer(rb"(?m)^([\x21-\x39\x3b-\x7e]+)[ \t]*:", head)]
 
 
-def signature(message: bytes, key: SigningKey) -> str:
-    """The DKIM-Signature value (one line) for `message` as it will leave. Raises SignFailed."""
+def signed_headers(message: bytes, key: SigningKey) -> list[bytes]:
+    """The h= list for `key`: its headers present (every occurrence), then its oversign
+    ones once more. Raises SignFailed without a From field. (arcseal.py signs the same.)"""
     present = header_names(message)
-    wanted = set(key.headers) | set(key.oversign)
-    include = [name for name in present if name in wanted] + [name for name in key.oversign]
     if "from" not in present:
         raise SignFailed("the message has no From field")
+    wanted = set(key.headers) | set(key.oversign)
+    include = [name for name in present if name in wanted] + [name for name in key.oversign]
+    return [name.encode("ascii") for name in include]
+
+
+def one_line(field: bytes) -> tuple[str, str]:
+    """(name, value) of a field dkimpy made, its folding taken out (outcome.apply writes
+    single-line values; under relaxed header canonicalization the folding does not count)."""
+    name, _, value = field.partition(b":")
+    return name.decode("ascii"), re.sub(rb"\r?\n[ \t]+", b" ", value).strip().decode("ascii")
+
+
+def signature(message: bytes, key: SigningKey) -> str:
+    """The DKIM-Signature value (one line) for `message` as it will leave. Raises SignFailed."""
+    include = signed_headers(message, key)
     try:
         field = dkim.sign(message, key.selector.encode("ascii"), key.domain.encode("ascii"), key.private_key,
                           signature_algorithm=key.algorithm.encode("ascii"), canonicalize=(b"relaxed", b"simple"),
-                          include_headers=[name.encode("ascii") for name in include], linesep=b"\r\n")
+                          include_headers=include, linesep=b"\r\n")
     except (dkim.DKIMException, IndexError) as exc:   # IndexError: dkimpy's parser on a broken header section
         raise SignFailed(f"{type(exc).__name__}: {exc}") from None
-    name, _, value = field.partition(b":")
-    return re.sub(rb"\r?\n[ \t]+", b" ", value).strip().decode("ascii")
+    return one_line(field)[1]

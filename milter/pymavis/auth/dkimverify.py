@@ -14,15 +14,14 @@ default is 5 too: a message with 50 signatures is 50 key lookups and 50 body has
 | the signature field is malformed, expired, from the future       | permerror | what is wrong   |
 | the key lookup timed out or the name server failed               | temperror | DNS error       |
 
-Key lookups go through the one DNS function (auth/resolver.py). dkimpy catches its own
-DnsTimeoutError and KeyFormatError and answers "not verified", which would read as fail:
-so our function given to dkimpy raises DnsTempError (not a dkimpy exception, so it
-travels out of dkim.DKIM.verify) and notes whether a record was found and whether it
-parses, before dkimpy sees it. dkimpy's own key size check is off (minkey=0): a small key
+Key lookups go through the one DNS function (auth/resolver.py), by keyfetch.KeyFetch: a
+timeout raises DnsTempError out of dkimpy (temperror, never fail), and it tells a missing
+key from one that does not parse. dkimpy's own key size check is off (minkey=0): a small key
 is `policy`, which we decide here.
 
-The reasons are our own fixed words (they go into the Authentication-Results comment);
-dkimpy's messages, which quote the signature's bytes, are only logged at debug level.
+The reasons are our own fixed words (they go into the Authentication-Results comment;
+keyfetch.validation reads dkimpy's ValidationError); dkimpy's messages, which quote the
+signature's bytes, are only logged at debug level.
 CPU: dkimpy hashes in C (hashlib) and verifies RSA in pure Python: 1.2 ms of CPU for one
 RSA-2048 signature on a small message here, 1.8 ms with SPF and DMARC too (fake DNS); the
 caller runs this in the pipeline's worker.
@@ -30,29 +29,18 @@ caller runs this in the pipeline's worker.
 
 from __future__ import annotations
 
-import logging
 import re
 from dataclasses import dataclass
 
 import dkim
 from dkim.util import InvalidTagValueList, parse_tag_value
 
+from .keyfetch import DKIMPY_LOG, DebugOnly, KeyFetch, text, validation
 from .resolver import DnsTempError, Lookup
 
 MAX_SIGNATURES = 5
 MIN_KEY_BITS = 1024    # RFC 8301 3.2: verifiers MUST NOT consider smaller RSA keys valid
 
-_DKIMPY_LOG = logging.getLogger("pymavis.dkimpy")
-
-
-class _DebugOnly:
-    """The logger given to dkimpy: it logs a missing key with logger.error, which is an
-    ordinary result here, not an operator's problem; every line goes to debug."""
-
-    def _debug(self, msg, *args, **kwargs):
-        _DKIMPY_LOG.debug(msg, *args, **kwargs)
-
-    debug = info = warning = error = exception = _debug
 _SIG_NAME = b"dkim-signature"
 
 
@@ -68,45 +56,6 @@ class DkimResult:
     reason: str = ""
 
 
-class _KeyFetch:
-    """The dnsfunc given to dkimpy: our lookup, with what it saw remembered."""
-
-    def __init__(self, lookup: Lookup):
-        self.lookup = lookup
-        self.reset()
-
-    def reset(self):
-        self.found = None        # None: not asked; False: no record; True: a record
-        self.key_problem = ""    # why the record found is not a usable key
-
-    def __call__(self, name: bytes, timeout: float = 5):
-        text = name.decode("ascii", "replace").rstrip(".")
-        answers = self.lookup(text, "TXT")       # DnsTempError travels out through dkimpy
-        self.found = bool(answers)
-        if not answers:
-            return None
-        record = answers[0]
-        try:
-            dkim.evaluate_pk(name, record)
-        except (dkim.KeyFormatError, ValueError) as exc:   # ValueError: binascii.Error on bad base64
-            self.key_problem = "key revoked" if _revoked(record) else "bad key"
-            _DKIMPY_LOG.debug("key %s: %s", text, exc)
-        return record
-
-
-def _revoked(record: bytes) -> bool:
-    try:
-        return parse_tag_value(record).get(b"p", b"x").strip() == b""
-    except InvalidTagValueList:
-        return False
-
-
-def _text(value: bytes | None) -> str | None:
-    if value is None:
-        return None
-    return re.sub(r"\s+", "", value.decode("ascii", "backslashreplace"))
-
-
 def signature_count(message: bytes) -> int:
     """How many DKIM-Signature fields the header section holds (without parsing it)."""
     head = re.split(rb"\r?\n\r?\n", message, maxsplit=1)[0]
@@ -117,43 +66,41 @@ def verify(message: bytes, lookup: Lookup, min_key_bits: int = MIN_KEY_BITS,
            max_signatures: int = MAX_SIGNATURES) -> tuple[DkimResult, ...]:
     """One DkimResult per signature (module doc); () when the message has none."""
     try:
-        d = dkim.DKIM(message, logger=_DebugOnly(), minkey=0)
+        d = dkim.DKIM(message, logger=DebugOnly(), minkey=0)
     except (dkim.MessageFormatError, IndexError) as exc:   # IndexError: a continuation line before any field
-        _DKIMPY_LOG.debug("message not parsed: %s", exc)
+        DKIMPY_LOG.debug("message not parsed: %s", exc)
         count = min(signature_count(message), max_signatures)
         return tuple(DkimResult("permerror", reason="header section cannot be parsed") for _ in range(count))
     sigs = [value for name, value in d.headers if name.lower() == _SIG_NAME]
-    fetch = _KeyFetch(lookup)
+    fetch = KeyFetch(lookup)
     return tuple(_one(d, i, value, fetch, min_key_bits) for i, value in enumerate(sigs[:max_signatures]))
 
 
-def _one(d: dkim.DKIM, idx: int, value: bytes, fetch: _KeyFetch, min_key_bits: int) -> DkimResult:
+def _one(d: dkim.DKIM, idx: int, value: bytes, fetch: KeyFetch, min_key_bits: int) -> DkimResult:
     try:
         tags = parse_tag_value(value)
     except InvalidTagValueList:
         return DkimResult("permerror", reason="malformed signature")
-    fields = dict(domain=_text(tags.get(b"d")), selector=_text(tags.get(b"s")), identity=_text(tags.get(b"i")),
-                  algorithm=_text(tags.get(b"a")), b=_text(tags.get(b"b")))
+    fields = dict(domain=text(tags.get(b"d")), selector=text(tags.get(b"s")), identity=text(tags.get(b"i")),
+                  algorithm=text(tags.get(b"a")), b=text(tags.get(b"b")))
     fetch.reset()
     try:
         ok = d.verify(idx, dnsfunc=fetch)
     except DnsTempError as exc:
         return DkimResult("temperror", **fields, reason=f"key lookup failed: {exc.why}")
     except dkim.ValidationError as exc:
-        _DKIMPY_LOG.debug("signature %d: %s", idx, exc)
-        result, reason = _validation(str(exc))
+        DKIMPY_LOG.debug("signature %d: %s", idx, exc)
+        result, reason = validation(str(exc))
         return DkimResult(result, **fields, reason=reason)
     except dkim.KeyFormatError as exc:   # raised after the lookup: digest too large for the modulus
-        _DKIMPY_LOG.debug("signature %d: %s", idx, exc)
+        DKIMPY_LOG.debug("signature %d: %s", idx, exc)
         return DkimResult("permerror", **fields, reason="bad key")
     except dkim.DKIMException as exc:    # MessageFormatError, UnknownKeyTypeError, ...
-        _DKIMPY_LOG.debug("signature %d: %s: %s", idx, type(exc).__name__, exc)
+        DKIMPY_LOG.debug("signature %d: %s: %s", idx, type(exc).__name__, exc)
         return DkimResult("permerror", **fields, reason="malformed signature")
-    bits = (d.keysize or None) if fetch.found and not fetch.key_problem else None
-    if fetch.found is False:
-        return DkimResult("permerror", **fields, reason="no key")
-    if fetch.key_problem:
-        return DkimResult("permerror", **fields, reason=fetch.key_problem)
+    if fetch.problem():
+        return DkimResult("permerror", **fields, reason=fetch.problem())
+    bits = (d.keysize or None) if fetch.found else None
     if not ok:
         return DkimResult("fail", **fields, key_bits=bits, reason="signature did not verify")
     if d.ktag == b"rsa" and bits is not None and bits < min_key_bits:
@@ -162,19 +109,3 @@ def _one(d: dkim.DKIM, idx: int, value: bytes, fetch: _KeyFetch, min_key_bits: i
         return DkimResult("policy", **fields, key_bits=bits, reason="rsa-sha1 is not accepted (RFC 8301)")
     return DkimResult("pass", **fields, key_bits=bits)
 
-
-_VALIDATION = (("body hash mismatch", "fail", "body hash did not verify"),
-               ("x= value is past", "permerror", "signature expired"),
-               ("x= value is less than t=", "permerror", "signature expired before it was made"),
-               ("t= value is in the future", "permerror", "signature from the future"),
-               ("unknown signature algorithm", "permerror", "unknown algorithm"),
-               ("i= domain is not a subdomain", "permerror", "i= not within d="),
-               ("missing ", "permerror", "signature lacks a required tag"))
-
-
-def _validation(message: str) -> tuple[str, str]:
-    """(result, reason) for one of dkimpy's ValidationError messages."""
-    for start, result, reason in _VALIDATION:
-        if message.startswith(start):
-            return result, reason
-    return "permerror", "malformed signature"

@@ -3,18 +3,20 @@ of a field already in the message.
 
     mx.example.com; dkim=pass (2048-bit key) header.d=example.com header.i=@example.com
         header.s=sel header.a=rsa-sha256 header.b="AbC/dEf+"; spf=pass smtp.mailfrom=a@example.com;
-        dmarc=pass (p=reject dis=none) header.from=example.com
+        dmarc=pass (p=reject dis=none) header.from=example.com; arc=pass (i=2)
 
 (one line: outcome.apply gives the MTA single-line values, of at most 900 characters: past
 MAX_CHARS the dkim= entries lose header.i and header.a, then the last ones are left out).
-One `dkim=` per signature verified, `dkim=none` for none; `spf=` when SPF was checked, `dmarc=` when DMARC was; a
+One `dkim=` per signature verified, `dkim=none` for none; `spf=` when SPF was checked, `dmarc=` when DMARC was,
+`arc=` when ARC was (pass with the number of sets, fail and temperror with why, none); a
 method that was not checked is left out. Every value that came from the message (d=, s=,
 i=, the envelope sender, the From domain) is written as an RFC 2045 token when it is one,
 else as a quoted-string (`"` and `\\` escaped, anything not printable ASCII as `?`), so a
 signature cannot smuggle `; dmarc=pass` into our field. Comments are our own fixed words
 (parentheses and backslashes taken out); the DMARC one shows the policy found and what we did
 about it (`p=reject dis=quarantine`; checks/auth.py decides). header.b is the first 8
-characters of b= (RFC 6008).
+characters of b= (RFC 6008). Our field is also what an ARC seal of ours records
+(arcseal.py: its ARC-Authentication-Results, and cv= from our arc=).
 """
 
 from __future__ import annotations
@@ -84,6 +86,11 @@ def _dmarc(r, disposition: str = "none") -> str:
     return out + (f" header.from={pvalue(r.from_domain)}" if r.from_domain else "")
 
 
+def _arc(r) -> str:
+    note = f"i={r.instances}" if r.result == "pass" else r.reason
+    return f"arc={r.result}{comment(note)}"
+
+
 def value(authserv_id: str, results, dmarc_disposition: str = "none") -> str | None:
     """Our field's value for auth.Results `results`; None when no method was checked.
     `dmarc_disposition` is what we did about the DMARC policy (`dis=`: none, quarantine)."""
@@ -92,6 +99,8 @@ def value(authserv_id: str, results, dmarc_disposition: str = "none") -> str | N
         others.append(_spf(results.spf))
     if results.dmarc is not None:
         others.append(_dmarc(results.dmarc, dmarc_disposition))
+    if results.arc is not None:
+        others.append(_arc(results.arc))
     if results.dkim is None:
         dkim_parts = []
     elif not results.dkim:

@@ -1,4 +1,4 @@
-"""Authentication of arriving mail (DKIM, SPF, DMARC) as a check: no findings, a view.
+"""Authentication of arriving mail (DKIM, SPF, DMARC, ARC) as a check: no findings, a view.
 
 The work is pymavis.auth's (its module doc has the order and the results); this module
 takes the message and the facts from the Scan, the settings from the policy bank, and
@@ -9,7 +9,8 @@ for every recipient, and the arriving fields that claim our authserv-id removed 
 The check itself never blocks mail or makes it UNCHECKED: a DNS problem is a temperror
 result in the field (and a warning in the log). The check is skipped (no view, no field)
 when no method is on, or when the message was not stored whole (a body hash needs every
-byte).
+byte). The spooled message is read only when a DKIM-Signature or an ARC field is there
+(SPF and DMARC need no bytes, and a message without ARC fields is arc=none).
 
 What a DMARC failure does is the bank's (`dmarc_verdict`, called by the pipeline after the
 banks the results choose are loaded, so their settings count). Only a `fail` under p=reject
@@ -29,7 +30,8 @@ message meets the same fate), gets an action:
 |            | quarantine) unless the recipient loves spam or bypasses spam checks  | quarantine|
 | score      | `dmarc_fail_score` added to every spam level (checks/spam.py)        | dis=none  |
 
-Configuration: policy `dkim_verify`, `spf_verify`, `dmarc_verify`, `dkim_min_key_bits`,
+Configuration: policy `dkim_verify`, `spf_verify`, `dmarc_verify`, `arc_verify` (and
+`arc_seal`, which needs the chain's result: pipeline.py seals), `dkim_min_key_bits` (DKIM and ARC),
 `originating`, `dmarc_reject_action`, `dmarc_quarantine_action`, `dmarc_fail_score`; global
 `authserv_id` (default myhostname) and `dns:` (Scan.dns is the lookup it builds,
 Scan.dns_deadline_s the time one message's lookups may take together).
@@ -57,6 +59,9 @@ from . import CheckResult
 # SPAM, because spam is where a forged author's mail goes (spam_quarantine_to, spam_admin,
 # spam_lovers); minor 2, above spamd's 0 and 1, so the log and the quarantine tell it apart.
 DMARC_CHECK, DMARC_CCAT, DMARC_MINOR = "dmarc", Ccat.SPAM, 2
+
+# The fields whose presence makes the check read the message's bytes.
+_SIGNED_BY = frozenset({"dkim-signature", "arc-seal", "arc-message-signature", "arc-authentication-results"})
 
 
 @dataclass(frozen=True)
@@ -122,7 +127,8 @@ def with_disposition(view: AuthView, disposition: str) -> AuthView:
 
 def settings_of(policy, receiver: str) -> auth.Settings:
     return auth.Settings(dkim=bool(policy.dkim_verify), spf=bool(policy.spf_verify), dmarc=bool(policy.dmarc_verify),
-                         min_key_bits=policy.dkim_min_key_bits, receiver=receiver)
+                         arc=bool(policy.arc_verify or policy.arc_seal), min_key_bits=policy.dkim_min_key_bits,
+                         receiver=receiver)
 
 
 def check(scan) -> CheckResult:
@@ -131,14 +137,14 @@ def check(scan) -> CheckResult:
         return CheckResult("auth")
     policy, txn = scan.policy, scan.txn
     settings = settings_of(policy, scan.authserv_id)
-    if not (settings.dkim or settings.spf or settings.dmarc):
+    if not (settings.dkim or settings.spf or settings.dmarc or settings.arc):
         return CheckResult("auth")
     if getattr(txn.spool, "truncated", False):
         log.info("mail_id %s: not authenticated: message not stored whole (%d bytes)", txn.mail_id, txn.spool.size)
         return CheckResult("auth", elapsed_ms=_ms(started))
-    signed = any(name.lower() == "dkim-signature" for name, _ in txn.headers)
+    signed = any(name.lower() in _SIGNED_BY for name, _ in txn.headers)
     try:
-        message = txn.spool.read() if signed else b""   # SPF and DMARC need no bytes, DKIM only signed ones
+        message = txn.spool.read() if signed else b""
     except OSError as exc:
         return CheckResult("auth", could_not_check=f"cannot read the spooled message: {exc}", elapsed_ms=_ms(started))
     conn = txn.conn

@@ -103,8 +103,9 @@ def load(path: str) -> Config:
     g.update(_convert_settings(src, {k: v for k, v in raw_globals.items() if k in GLOBAL_SETTINGS},
                                (), GLOBAL_SETTINGS, ctx, errors, "the main file"))
 
-    # banned_filename_maps values are checked against the rule sets defined
-    ctx = dataclasses.replace(ctx, banned_rule_sets=frozenset(g["banned_rules"]))
+    # banned_filename_maps values are checked against the rule sets defined, arc_seal against arc_sealing
+    ctx = dataclasses.replace(ctx, banned_rule_sets=frozenset(g["banned_rules"]),
+                              arc_sealing=g["arc_sealing"] is not None)
     policy = _policy_defaults(ctx)
     raw_policy = data.get("policy") or {}
     if not isinstance(raw_policy, dict):

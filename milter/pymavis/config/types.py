@@ -21,6 +21,7 @@ class SettingError(SpecError):
 class ConvertContext:
     base_dir: str  # relative file names in lookups resolve against this
     banned_rule_sets: frozenset = frozenset()  # names banned_filename_maps may use
+    arc_sealing: bool = False  # whether the main file has a sealing key: arc_seal needs one
 
 
 def _type_name(value) -> str:
