@@ -28,7 +28,8 @@ processes, then one report):
                 (EICAR in a text body, EICAR attached, clamav-testfiles' clam.exe zipped;
                 built at run time) and one clamd (tests/harness/clamd.py, bench/virus.py);
                 variants: Postfix alone, + null milter, + pymavis with av_scanners -> clamd
-                by zFILDES, the same by zINSTREAM (shipped policies/ plus the scanner and
+                by zFILDES, the same by zINSTREAM and by method parts (each decoded part by
+                zINSTREAM) (shipped policies/ plus the scanner and
                 final_virus_destiny / final_banned_destiny `pass`, so infected mail is
                 delivered tagged and no message is lost), and clamd alone: our ClamdClient
                 scanning the same messages at the same concurrency, no Postfix (the
@@ -386,6 +387,7 @@ VIRUS = Profile("virus", "Virus profile",
                 (("postfix", "Postfix alone"), ("null", "+ null milter"),
                  ("pymavis-fildes", "+ pymavis + clamd, zFILDES"),
                  ("pymavis-instream", "+ pymavis + clamd, zINSTREAM"),
+                 ("pymavis-parts", "+ pymavis + clamd, parts (zINSTREAM per decoded part)"),
                  ("clamd", "clamd alone, zINSTREAM")),
                 smtp_source=False, messages=1500)
 # "spamd" and "spamd-mirv" are not Postfix variants: bench/spam.py's SpamdAlone, spamd
@@ -611,7 +613,7 @@ class Bench:
             elif key == "pymavis-nodecode":
                 milter, addr = start_pymavis(self.workdir, self.args.milter_socket, key,
                                              policy=DECODING_OFF, why="decoding off")
-            elif key in ("pymavis-fildes", "pymavis-instream"):
+            elif key in ("pymavis-fildes", "pymavis-instream", "pymavis-parts"):
                 method = key.split("-")[1]
                 scanners = virus.scanners_yaml(self.clamd.socket_spec("unix"), method)
                 milter, addr = start_pymavis(self.workdir, self.args.milter_socket, key,
@@ -1321,7 +1323,8 @@ def render_virus(args, run: ProfileRun, decode: ProfileRun | None = None) -> tup
     decode_cost = decode.decode_cost if decode is not None else None
     target_lines, ok, warnings = virus_verdicts(run)
     med = {k: medians(phases, k) for k in titles}
-    raw, null, fil, ins, alone = (med[k] for k in ("postfix", "null", "pymavis-fildes", "pymavis-instream", "clamd"))
+    raw, null, fil, ins, par, alone = (med[k] for k in ("postfix", "null", "pymavis-fildes", "pymavis-instream",
+                                                         "pymavis-parts", "clamd"))
     classes = ", ".join(f"{c.share}% {c.label}" for c in mix.mix)
     infected_share = sum(c.share for c in mix.mix if c.virus)
     per_phase = sorted({p.infected for p in phases if p.rep >= 0})
@@ -1362,7 +1365,7 @@ def render_virus(args, run: ProfileRun, decode: ProfileRun | None = None) -> tup
         "unix socket; its temp files (zINSTREAM's spool, extracted parts) in the run's temp dir on "
         f"{clamd['tmp_fs']}",
         "- Variants: pymavis = the shipped policies/ plus `av_scanners: " + clamd["scanners_example"]
-        + "` (method `fildes` or `instream`) and " + ", ".join(f"`{k}: {v}`" for k, v in virus.POLICY.items())
+        + "` (method `fildes`, `instream` or `parts`: each decoded part by zINSTREAM) and " + ", ".join(f"`{k}: {v}`" for k, v in virus.POLICY.items())
         + " (infected mail is delivered tagged, so no message is lost; every check still runs); null milter = "
         "tests/harness/nullmilter.py --no-headers; clamd alone = our ClamdClient (milter/pymavis/clamd.py) "
         "streaming each message's bytes with zINSTREAM from bench/sender.py's worker processes and threads at "
@@ -1390,8 +1393,14 @@ def render_virus(args, run: ProfileRun, decode: ProfileRun | None = None) -> tup
         f"p99 {fmt(ins['p99_ms'])} / {fmt(fil['p99_ms'])} ms, pymavis CPU {fmt(ins['milter_cpu_ms_per_msg'], '{:.2f}')} / "
         f"{fmt(fil['milter_cpu_ms_per_msg'], '{:.2f}')} ms/msg, clamd CPU {fmt(ins['clamd_cpu_ms_per_msg'], '{:.2f}')} / "
         f"{fmt(fil['clamd_cpu_ms_per_msg'], '{:.2f}')} ms/msg.",
+        f"- parts / zFILDES: throughput {ratio(par['msgs_per_s'], fil['msgs_per_s'])} "
+        f"({par['msgs_per_s']:.1f} / {fil['msgs_per_s']:.1f} msg/s), p50 {fmt(par['p50_ms'])} / {fmt(fil['p50_ms'])} ms, "
+        f"p99 {fmt(par['p99_ms'])} / {fmt(fil['p99_ms'])} ms, pymavis CPU {fmt(par['milter_cpu_ms_per_msg'], '{:.2f}')} / "
+        f"{fmt(fil['milter_cpu_ms_per_msg'], '{:.2f}')} ms/msg, clamd CPU {fmt(par['clamd_cpu_ms_per_msg'], '{:.2f}')} / "
+        f"{fmt(fil['clamd_cpu_ms_per_msg'], '{:.2f}')} ms/msg.",
         f"- CPU per message, ms (medians): Postfix alone: machine {raw['machine_cpu_ms_per_msg']:.2f}; + null milter: "
-        f"{split(null, 'milter')}; + pymavis, zFILDES: {split(fil)}; zINSTREAM: {split(ins)}; clamd alone: clamd "
+        f"{split(null, 'milter')}; + pymavis, zFILDES: {split(fil)}; zINSTREAM: {split(ins)}; parts: {split(par)}; "
+        f"clamd alone: clamd "
         f"{fmt(alone['clamd_cpu_ms_per_msg'], '{:.2f}')} + client {fmt(alone['sender_cpu_ms_per_msg'], '{:.2f}')} "
         f"(machine {alone['machine_cpu_ms_per_msg']:.2f}). {cores} cores at {fil['machine_cpu_ms_per_msg']:.2f} ms "
         f"per message allow at most {cores * 1000 / fil['machine_cpu_ms_per_msg']:.0f} msg/s with pymavis and clamd.",
@@ -1613,7 +1622,7 @@ with the null pymilter milter (the baseline) and Postfix with pymavis in its shi
 configuration. Decode: realistic mail with attachments through the null milter and pymavis
 with decoding off and on, plus the CPU of decoding itself per message, in process. Virus:
 the same mail with 3% infected through Postfix alone, the null milter and pymavis with
-clamd (zFILDES and zINSTREAM), and clamd alone scanning the same messages. Spam: the same
+clamd (zFILDES, zINSTREAM and method parts), and clamd alone scanning the same messages. Spam: the same
 kind of mail with SpamAssassin's spam and ham through pymavis with spamd, against spamd
 alone, also on a stream where 30% of the messages repeat (pymavis' verdict cache). Variants
 are measured in the same run, interleaved; figures are medians of the repetitions, ratios

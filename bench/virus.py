@@ -1,8 +1,8 @@
 """The virus profile's clamd: started for the run, screening the corpus, and scanned alone.
 
 bench/run.py's virus profile sends bench/messages.py's VIRUS_MIX (the decode mix with 3%
-infected messages) through Postfix alone, the null milter and pymavis with clamd (zFILDES
-and zINSTREAM), and scans the same messages with clamd alone: our ClamdClient
+infected messages) through Postfix alone, the null milter and pymavis with clamd (zFILDES,
+zINSTREAM, and method parts: each decoded part by zINSTREAM), and scans the same messages with clamd alone: our ClamdClient
 (milter/pymavis/clamd.py) streaming each message's bytes with zINSTREAM, at the same
 concurrency and from the same worker processes and threads as bench/sender.py (its
 `run_load`), no Postfix and no milter. That is the ceiling for any design that hands every

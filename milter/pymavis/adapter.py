@@ -46,7 +46,7 @@ import uuid
 import Milter
 import milter as libmilter
 
-from . import __version__, control, progress
+from . import __version__, control, progress, workpool
 from . import config as config_mod
 from . import decide as decide_mod
 from . import log as logmod
@@ -94,8 +94,8 @@ class App:
         self.config_path = config_path
         self.force_stderr = force_stderr
         s = config.settings["milter"]
-        self.executor = concurrent.futures.ThreadPoolExecutor(max_workers=s["workers"],
-                                                              thread_name_prefix="pymavis-work")
+        # counts messages waiting for a worker and workers busy (pymavis_pool_*, pymavis status)
+        self.executor = workpool.Pool("work", s["workers"], "pymavis-work")
         self.tmp_dir = tmp_dir_for(config.settings["state_dir"])
         self._lock = threading.Lock()
         self._conn_seq = 0
@@ -144,9 +144,10 @@ class App:
 
     def status_answer(self) -> dict:
         """The control socket's `status`: every open connection's entry (progress.py)."""
+        waiting, busy, workers = self.executor.counts()
         return {"version": __version__, "pid": os.getpid(), "started": self.started,
                 "uptime_s": round(time.time() - self.started, 3), "in_flight": self.in_flight,
-                "entries": self.board.snapshot()}
+                "waiting": waiting, "busy": busy, "workers": workers, "entries": self.board.snapshot()}
 
     def stats_answer(self) -> dict:
         """The control socket's `stats`: the counters since start (metrics.py)."""

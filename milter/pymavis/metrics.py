@@ -8,11 +8,16 @@ and scrapes are not authenticated.
 What is exported (names and labels in docs/observability.md): messages by action,
 content category and bank; recipients by action and category; message bytes; check
 errors by check and reason; per-stage latency histograms (receive, each check, decide,
-quarantine, spamd, total); and, read when scraped, messages in flight (App.in_flight),
-quarantine stores kept and failed (keep.COUNTS), spam verdict cache hits, misses and
-shared calls, and the JSON event log's written, dropped and failed counts. Messages
-quarantined by category, and (for `stats` only: names are unbounded, no Prometheus label)
-virus names, at most MAX_VIRUS_NAMES distinct ones.
+quarantine, spamd, total); per-scanner latency (each clamd and spamd call, by kind,
+configured scanner name and outcome: checks.ScannerCall in CheckResult.scanner_calls);
+messages decoded and decoder runs by decoder (decode.Walk.decoders: amavisd-agent's
+OpsDec, OpsDecBy*); and, read when scraped, messages in flight (App.in_flight), each
+worker pool's tasks waiting and workers busy (workpool.POOLS), quarantine stores kept and
+failed (keep.COUNTS), spam verdict cache hits, misses and shared calls, and the JSON
+event log's written, dropped and failed counts. Messages quarantined by category, and
+(for `stats` only: names are unbounded, no Prometheus label) virus names, at most
+MAX_VIRUS_NAMES distinct ones. Releases are not counted here: `pymavis release` runs in
+its own process; the quarantine index records each one (msgrcpt.rs = 'R').
 
 Failure: an address that cannot be bound is logged at start and the milter runs without
 the endpoint (mail matters more than its counters; `stats` still counts); `record` never raises into the milter
@@ -32,7 +37,7 @@ import time
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector, start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
-from . import __version__, events, keep
+from . import __version__, events, keep, workpool
 from .log import log
 from .outcome import Action
 
@@ -51,12 +56,16 @@ STATUS_NAMES = {"pass": "Accepted", "hold": "Held", "reject": "Rejected", "disca
 # the Content*Msgs and Quar*Msgs that stats always shows (amavisd-agent's), in its order
 STATS_CATEGORIES = ("Clean", "Spam", "Spammy", "Virus", "Banned", "BadHdr", "Unchecked", "Oversized")
 QUAR_CATEGORIES = ("Virus", "Banned", "Unchecked", "Spam", "BadHdr", "Oversized")   # what can be kept
+# amavisd-agent's OpsDecBy<Name> for our decoder names (decode.Walk.decoders); another name
+# (an archive's short type: zip, 7z, gz, ...) is capitalised: OpsDecByZip
+DECODER_STATS_NAMES = {"mime": "MimeParser", "mbox": "Mbox", "tnef": "Tnef", "uue": "Uue", "hqx": "Binhex"}
 
 
 class Metrics:
     """The registry, the instruments, and the HTTP endpoint when served."""
 
-    def __init__(self, *, in_flight=lambda: 0, spam_cache=lambda: None, event_log=None):
+    def __init__(self, *, in_flight=lambda: 0, spam_cache=lambda: None, event_log=None,
+                 pools=lambda: tuple(workpool.POOLS.values())):
         r = self.registry = CollectorRegistry()
         self.messages = Counter("pymavis_messages", "Messages answered, by the milter's answer (pass, hold, "
                                 "reject, discard, tempfail), content type and bank path",
@@ -75,9 +84,17 @@ class Metrics:
                                 registry=r)
         self.quarantined = Counter("pymavis_quarantined_messages", "Messages whose blocked copies were kept, by "
                                    "content type", ("ccat",), registry=r)
+        self.scanners = Histogram("pymavis_scanner_seconds", "Time per call to one scanner, by kind (virus, spam), "
+                                  "its configured name and the outcome (virus: clean, infected, unchecked, "
+                                  "over_limits, failed; spam: answered, failed)", ("kind", "scanner", "outcome"),
+                                  buckets=STAGE_BUCKETS, registry=r)
+        self.decoded = Counter("pymavis_decoded_messages", "Messages whose parts were walked (decoded)", registry=r)
+        self.decoder_runs = Counter("pymavis_decoder_runs", "Times each decoder ran (mime: a message parsed; mbox, "
+                                    "tnef, uue, hqx; an archive's short type: zip, 7z, gz, ...)", ("decoder",),
+                                    registry=r)
         info = Gauge("pymavis_build_info", "pymavis version", ("version",), registry=r)
         info.labels(__version__).set(1)
-        r.register(_ReadAtScrape(in_flight, spam_cache, event_log))
+        r.register(_ReadAtScrape(in_flight, spam_cache, event_log, pools))
         ProcessCollector(registry=r)
         self.spam_cache = spam_cache
         self.started = time.time()
@@ -112,6 +129,8 @@ class Metrics:
             self.stages.labels("receive").observe(max(0.0, txn.data_done - txn.started))
         if result is not None:
             for r in result.checks:
+                for call in r.scanner_calls:
+                    self.scanners.labels(call.kind, call.scanner, call.outcome).observe(call.elapsed_ms / 1000)
                 if r.could_not_check:
                     self.check_errors.labels(r.name, "failed").inc()
                 elif r.tempfail:
@@ -122,6 +141,11 @@ class Metrics:
                     self.stages.labels("spamd").observe(r.spam.verdict.elapsed_ms / 1000)
             for stage, ms in result.timings:
                 self.stages.labels(stage).observe(ms / 1000)
+            scan = result.scan
+            if scan is not None and scan.decoded and scan.walk.decoders:   # decoded: .walk is computed already
+                self.decoded.inc()
+                for decoder, runs in scan.walk.decoders:
+                    self.decoder_runs.labels(decoder).inc(runs)
             names = events.virus_names(result)
             if names:
                 self._count_viruses(names)
@@ -162,6 +186,12 @@ class Metrics:
         for ccat in (*QUAR_CATEGORIES, *sorted(set(quarantined) - set(QUAR_CATEGORIES))):
             put(f"Quar{ccat}Msgs", quarantined.get(ccat, 0))
         put("QuarFailedMsgs", keep.COUNTS.failed)
+        put("OpsDec", sum(v for _, v in _totals(self.decoded)))
+        runs = {DECODER_STATS_NAMES.get(labels["decoder"], labels["decoder"][:1].upper() + labels["decoder"][1:]):
+                value for labels, value in _totals(self.decoder_runs)}
+        put("OpsDecByMimeParser", runs.pop("MimeParser", 0))
+        for name in sorted(runs):
+            put(f"OpsDecBy{name}", runs[name])
         cache = self.spam_cache()
         if cache is not None:
             put("SpamCacheAttempts", cache.hits + cache.misses + cache.joined)
@@ -195,13 +225,25 @@ def _totals(counter):
 class _ReadAtScrape:
     """Values owned elsewhere, read when Prometheus asks."""
 
-    def __init__(self, in_flight, spam_cache, event_log):
-        self.in_flight, self.spam_cache, self.event_log = in_flight, spam_cache, event_log
+    def __init__(self, in_flight, spam_cache, event_log, pools):
+        self.in_flight, self.spam_cache, self.event_log, self.pools = in_flight, spam_cache, event_log, pools
 
     def collect(self):
         g = GaugeMetricFamily("pymavis_messages_in_flight", "Messages between end of data and the answer")
         g.add_metric((), self.in_flight())
         yield g
+        waiting = GaugeMetricFamily("pymavis_pool_waiting", "Tasks waiting for a worker, by pool (work: messages "
+                                    "at end of data; spam: spamd calls)", labels=("pool",))
+        busy = GaugeMetricFamily("pymavis_pool_busy", "Workers running a task, by pool", labels=("pool",))
+        size = GaugeMetricFamily("pymavis_pool_workers", "Workers a pool may run at once", labels=("pool",))
+        for pool in self.pools():
+            w, b, n = pool.counts()
+            waiting.add_metric((pool.name,), w)
+            busy.add_metric((pool.name,), b)
+            size.add_metric((pool.name,), n)
+        yield waiting
+        yield busy
+        yield size
         q = CounterMetricFamily("pymavis_quarantine_stores", "Blocked messages kept before the answer, and "
                                 "keeps that failed (answered TEMPFAIL)", labels=("result",))
         q.add_metric(("kept",), keep.COUNTS.kept)

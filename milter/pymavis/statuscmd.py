@@ -5,11 +5,12 @@ status: one line per open milter connection, oldest first: its log id (as in the
 lines), age since the connection opened, busy time (since MAIL FROM of the message not yet
 answered; '-' when idle), time since its last step, mail_id, and the trail of steps
 (progress.py: A m r d = D V S Q .). A connection busy for `--stuck-s` seconds or more is
-marked '!' and STUCK (in red on a terminal).
+marked '!' and STUCK (in red on a terminal). The head line says how many of the messages
+checking wait for a free worker (milter.workers all busy), when any do.
 
 stats: the counters since start (metrics.py's), each with its rate per hour of uptime and
 its share of the counter named in parentheses (InMsgs for most, as amavisd-agent prints
-them), then the virus names seen most often.
+them: OpsDecBy<Decoder> too), then the virus names seen most often.
 
 `--watch [SECONDS]` asks again every SECONDS (default WATCH_DEFAULT_S), redrawing in place
 on a terminal; a milter that does not answer is shown as such and asked again. Ctrl-C ends.
@@ -56,8 +57,10 @@ def _head(answer: dict) -> str:
 def render_status(answer: dict, stuck_s: float = STUCK_DEFAULT_S, *, color: bool = False) -> str:
     entries = answer.get("entries", [])
     stuck = [e for e in entries if e.get("busy_s") is not None and e["busy_s"] >= stuck_s]
-    lines = [f"{_head(answer)}; {len(entries)} connection(s), {answer.get('in_flight', 0)} message(s) checking, "
-             f"{len(stuck)} stuck (busy {duration(stuck_s)} or more)"]
+    waiting = answer.get("waiting", 0)
+    queued = f" ({waiting} waiting for a worker)" if waiting else ""
+    lines = [f"{_head(answer)}; {len(entries)} connection(s), {answer.get('in_flight', 0)} message(s) checking"
+             f"{queued}, {len(stuck)} stuck (busy {duration(stuck_s)} or more)"]
     if not entries:
         lines.append("  no connections")
         return "\n".join(lines) + "\n"

@@ -42,6 +42,7 @@ class Spool:
 
     def __init__(self, memory_limit: int, tmp_dir: str | None):
         self._file = tempfile.SpooledTemporaryFile(max_size=memory_limit, dir=tmp_dir, prefix="pymavis-")
+        self.tmp_dir = tmp_dir  # also for what is derived from the message (decode/contents.py)
         self.size = 0          # every byte offered, stored or not
         self.stored = 0        # bytes actually kept
         self.truncated = False  # content checks read this as UNCHECKED, never as clean

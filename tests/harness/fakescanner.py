@@ -17,6 +17,10 @@ every connection by its mode:
 | `slow`          | the command read, `delay` seconds of silence, then `reply` and closed    |
 | `trickle`       | the command read, then `reply` one byte every `delay` seconds           |
 
+With `ok_first=N` the first N connections are served as in mode `reply` whatever the mode
+(a scanner that answers some scans, then fails: the virus check's method parts sends one
+stream per part).
+
 "The command read" means up to its NUL; for zINSTREAM also every chunk up to the
 zero-length one (at most MAX_STREAM_BYTES, then the connection is closed), for zFILDES
 the byte carrying the descriptor (closed at once). What was received is kept in `commands`
@@ -46,13 +50,14 @@ JOIN_TIMEOUT_S = 10.0
 
 class FakeScanner:
     def __init__(self, mode: str, *, reply: bytes = b"stream: OK\0", delay: float = 0.0,
-                 unix_path: str | None = None):
+                 unix_path: str | None = None, ok_first: int = 0):
         if mode not in MODES:
             raise ValueError(f"mode {mode!r}: expected one of {MODES}")
         self.mode = mode
         self.reply = reply
         self.delay = delay
         self.unix_path = unix_path
+        self.ok_first = ok_first
         self.commands: list[bytes] = []
         self.stream_bytes = 0
         self.accepted = 0
@@ -132,19 +137,20 @@ class FakeScanner:
                 return
             with self._lock:
                 self.accepted += 1
+                mode = "reply" if self.accepted <= self.ok_first else self.mode
             if not self._slots.acquire(blocking=False):
                 conn.close()
                 continue
-            thread = threading.Thread(target=self._serve, args=(conn,), daemon=True)
+            thread = threading.Thread(target=self._serve, args=(conn, mode), daemon=True)
             with self._lock:
                 self._conns.add(conn)
                 self._threads = [t for t in self._threads if t.is_alive()] + [thread]
             thread.start()
 
-    def _serve(self, conn: socket.socket) -> None:
+    def _serve(self, conn: socket.socket, mode: str) -> None:
         try:
             conn.settimeout(1.0)
-            self._handle(conn)
+            self._handle(conn, mode)
         except OSError:
             pass    # the client went away or stop() shut the socket: nothing to report
         finally:
@@ -153,26 +159,26 @@ class FakeScanner:
             conn.close()
             self._slots.release()
 
-    def _handle(self, conn: socket.socket) -> None:
-        if self.mode == "stall":
+    def _handle(self, conn: socket.socket, mode: str) -> None:
+        if mode == "stall":
             self._stop.wait()
             return
-        if self.mode == "close":
+        if mode == "close":
             return
         if not self._read_command(conn):
             return
-        if self.mode == "close_after_command":
+        if mode == "close_after_command":
             return
-        if self.mode == "garbage":
+        if mode == "garbage":
             conn.sendall(b"HELLO\0")
-        elif self.mode == "reply":
+        elif mode == "reply":
             conn.sendall(self.reply)
-        elif self.mode == "half":
+        elif mode == "half":
             conn.sendall(self.reply.rstrip(b"\0")[: max(1, len(self.reply) // 2)])
-        elif self.mode == "slow":
+        elif mode == "slow":
             if not self._stop.wait(self.delay):
                 conn.sendall(self.reply)
-        elif self.mode == "trickle":
+        elif mode == "trickle":
             for i in range(len(self.reply)):
                 if self._stop.wait(self.delay):
                     return

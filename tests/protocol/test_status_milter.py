@@ -1,7 +1,9 @@
 """`pymavis status` and `pymavis stats` against a running `pymavis milter`, and one message
 logged at debug: while a fake clamd (or spamd) stalls, status shows the message in state V
-(or S) and, past --stuck-s, STUCK; once answered its trail ends in '.'; stats counts it;
-only the message from `debug_sender` gets its debug lines (the TIMING line is at debug)."""
+(or S) and, past --stuck-s, STUCK, while the metrics say a worker is busy; once answered its
+trail ends in '.'; stats counts it (and its decoding, OpsDecByMimeParser); the metrics time
+each call to the scanner by its name, and the worker pool reads idle again; only the message
+from `debug_sender` gets its debug lines (the TIMING line is at debug)."""
 
 from __future__ import annotations
 
@@ -10,13 +12,15 @@ import stat
 import subprocess
 import sys
 import threading
+import urllib.request
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from harness.fakescanner import FakeScanner
 from harness.fakespamd import FakeSpamd
 from harness.milterclient import MilterClient
-from harness.net import LOOPBACK, wait_until
+from harness.net import LOOPBACK, free_port, wait_until
 from harness.pymavisd import PymavisProcess
 from pymavis import control
 
@@ -28,6 +32,14 @@ def pymavis_cli(*args) -> subprocess.CompletedProcess:
     env = dict(os.environ, PYTHONPATH=os.path.join(os.path.dirname(control.__file__), ".."))
     return subprocess.run([sys.executable, "-m", "pymavis", *args], capture_output=True, text=True, env=env,
                           timeout=60)
+
+
+def scrape(port: int) -> dict:
+    """{(sample name, sorted labels): value} from the milter's /metrics."""
+    with urllib.request.urlopen(f"http://{LOOPBACK}:{port}/metrics", timeout=10) as reply:
+        text = reply.read().decode()
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in text_string_to_metric_families(text) for s in family.samples}
 
 
 def entry_in(path: str, predicate):
@@ -49,8 +61,10 @@ def stalling(kind: str):
 
 @pytest.mark.parametrize("kind, letter", [("virus", "V"), ("spam", "S")])
 def test_status_shows_the_stalled_stage_then_done(tmp_path, kind, letter):
+    metrics_port = free_port()
     with stalling(kind) as fake:
         milter = PymavisProcess(str(tmp_path), "log: {level: info}\n" + scanner_yaml(kind, fake)
+                                + f'metrics:\n  listen: "{LOOPBACK}:{metrics_port}"\n'
                                 + "policy:\n  debug_sender: [debug@example.org]\n").start()
         ctl = os.path.join(str(tmp_path), "state", "pymavis.ctl")
         try:
@@ -69,6 +83,12 @@ def test_status_shows_the_stalled_stage_then_done(tmp_path, kind, letter):
                     assert shown.returncode == 0, shown.stderr
                     line = next(li for li in shown.stdout.splitlines() if busy["log_id"] in li)
                     assert line.startswith("! ") and line.endswith(f"{letter}  STUCK"), shown.stdout
+                    stalled = scrape(metrics_port)
+                    assert stalled[("pymavis_pool_busy", (("pool", "work"),))] == 1
+                    assert stalled[("pymavis_pool_waiting", (("pool", "work"),))] == 0
+                    assert stalled[("pymavis_messages_in_flight", ())] == 1
+                    if kind == "spam":   # the spamd call on its own pool
+                        assert stalled[("pymavis_pool_busy", (("pool", "spam"),))] == 1
                 finally:
                     sender.join(30)
                 assert results["r"].action == "continue"
@@ -87,6 +107,14 @@ def test_status_shows_the_stalled_stage_then_done(tmp_path, kind, letter):
             rows = {line.split()[0]: line.split()[1:] for line in stats.stdout.splitlines() if line.strip()}
             assert rows["InMsgs"][0] == "2" and rows["InMsgsRecips"][0] == "2"
             assert rows["ContentCleanMsgs"][:1] == ["2"] and rows["ContentCleanMsgs"][2:] == ["100.0", "%", "(InMsgs)"]
+            assert rows["OpsDecByMimeParser"][:1] == ["2"] and rows["OpsDec"][2:] == ["100.0", "%", "(InMsgs)"]
+            idle = scrape(metrics_port)
+            outcome = "clean" if kind == "virus" else "answered"
+            calls = ("pymavis_scanner_seconds_count", (("kind", kind), ("outcome", outcome), ("scanner", "fake")))
+            assert idle[calls] == 2, {k: v for k, v in idle.items() if k[0].startswith("pymavis_scanner")}
+            for sample in ("pymavis_pool_busy", "pymavis_pool_waiting", "pymavis_messages_in_flight"):
+                assert all(v == 0 for k, v in idle.items() if k[0] == sample), sample
+            assert idle[("pymavis_pool_workers", (("pool", "work"),))] >= 1
             log = milter.log_text()
             assert "logging this message at debug: debug_sender <debug@example.org>" in log
             timing = [li for li in log.splitlines() if "TIMING [" in li]

@@ -192,7 +192,7 @@ def test_first_infected_stops_scan(tmp_path, clamd):
     ('{name: x, socket: "tcp:nowhere"}', ["socket"]),
     ('{name: x, sokcet: "unix:/x"}', ["unknown key 'sokcet'", "socket"]),
     ('{socket: "unix:/x"}', ["needs 'name'"]),
-    ('{name: x, socket: "unix:/x", method: streaming}', ["expected one of fildes, instream"]),
+    ('{name: x, socket: "unix:/x", method: streaming}', ["expected one of fildes, instream, parts"]),
 ])
 def test_scanner_config_errors(tmp_path, entry, words):
     path = tmp_path / "p.yaml"
@@ -246,3 +246,214 @@ def test_pymavis_scan_never_calls_a_failed_scan_clean(tmp_path, capsys):
         assert cli.main(["scan", "-c", str(config), str(eml)]) == 2
     err = capsys.readouterr().err
     assert "all virus scanners failed" in err and "451 4.3.0" in err
+
+
+# --- method parts: the decoded parts, one zINSTREAM each (checks/virus.py) ----------------
+
+def tar_gz(*members: tuple[str, bytes]) -> bytes:
+    import io
+    import tarfile
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as tf:
+        for name, data in members:
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tf.addfile(info, io.BytesIO(data))
+    return buf.getvalue()
+
+
+def parts_entry(clamd, name="clamd", **extra):
+    return clamd_entry(clamd, "instream", name, **extra).replace("method: instream", "method: parts")
+
+
+def fake_entry(fake, name="fake", method="parts", timeout_s=0.5):
+    return f'{{name: {name}, socket: "{fake.socket_spec}", method: {method}, timeout_s: {timeout_s}}}'
+
+
+def virus_check(result):
+    return {r.name: r for r in result.checks}["virus"]
+
+
+def inner_clam_exe() -> bytes:
+    from harness import virusmail
+    return virusmail.attached("inner", "clam.exe", "application/octet-stream", CLAM_EXE)
+
+
+def _parts_cases():
+    from harness import virusmail
+    return [
+        (virusmail.eicar_plain("eicar"), EICAR_SIGNATURE, "p001"),
+        (message(b"harmless\n", "a.txt", body="X " + EICAR.decode() + "\r\n"), EICAR_SIGNATURE, "p002"),
+        (message(CLAM_EXE, "clam.exe"), CLAM_EXE_SIGNATURE, "p003"),
+        (message(zip_bytes(("inner/clam.exe", CLAM_EXE)), "a.zip"), CLAM_EXE_SIGNATURE, "p003"),
+        (message(tar_gz(("dir/clam.exe", CLAM_EXE)), "a.tar.gz"), CLAM_EXE_SIGNATURE, "p003"),
+        (virusmail.forwarded("fwd", inner_clam_exe()), CLAM_EXE_SIGNATURE, None),
+        (virusmail.attached("tnef", "winmail.dat", "application/ms-tnef", virusmail.clamav_file("clam.tnef")),
+         CLAM_EXE_SIGNATURE, "p003"),
+        (virusmail.uuencoded_inline("uu"), CLAM_EXE_SIGNATURE, "p002"),   # the uuencoded block, decoded
+        (HEAD.format(subject=EICAR.decode()).encode() + b"\r\nhello\r\n", EICAR_SIGNATURE, "header"),
+        (message(b"harmless\n", "a.txt").replace(b"\r\n\r\n--b\r\n", b"\r\n\r\npreamble " + EICAR + b"\r\n--b\r\n", 1),
+         EICAR_SIGNATURE, "p001"),
+    ]
+
+
+@pytest.mark.parametrize("raw,signature,where", _parts_cases(),
+                         ids=["eicar-plain", "eicar-text-part", "clam.exe-base64", "clam.exe-in-zip",
+                              "clam.exe-in-tar.gz", "nested-rfc822", "tnef", "uuencoded-in-text",
+                              "eicar-in-header", "eicar-in-preamble"])
+def test_parts_infected_is_virus_with_the_name_and_the_part(tmp_path, clamd, caplog, raw, signature, where):
+    import logging
+    caplog.set_level(logging.INFO, logger="pymavis")
+    result = run(tmp_path, raw, scanners(parts_entry(clamd)) + "policy: {final_virus_destiny: reject}\n")
+    assert result.outcome.action is Action.REJECT
+    assert str(result.outcome.reply).endswith(f" - INFECTED: {reported(signature)}")
+    [virus] = [f for f in result.findings if f.ccat is Ccat.VIRUS]
+    values = dict(virus.values)
+    assert values["virus_names"] == (reported(signature),)
+    [(name, found_in)] = values["virus_parts"][:1]
+    assert name == reported(signature)
+    if where is not None:
+        assert found_in == where
+    label = "P=p001,header" if found_in == "header" else f"P={found_in},"
+    assert any("virus scanner clamd: " in r.getMessage() and label in r.getMessage()
+               and f"INFECTED: {reported(signature)}" in r.getMessage() for r in caplog.records), caplog.text
+    assert "scanning the whole message" not in caplog.text      # the parts were scanned, one by one
+    assert virus_check(result).scanned_by == ("clamd",)
+
+
+def test_parts_clean_multipart_is_clean_and_every_part_is_sent(tmp_path, clamd):
+    raw = message(zip_bytes(("notes.txt", b"hello\n"), ("more.txt", b"more\n")), "notes.zip")
+    result = run(tmp_path, raw, scanners(parts_entry(clamd)))
+    assert result.outcome.action is Action.CONTINUE and result.findings == ()
+    assert headers(result)["X-Virus-Scanned"] == "pymavis at example.com"
+    with FakeScanner("reply") as fake:
+        result = run(tmp_path, raw, scanners(fake_entry(fake)))
+    # header, p002 text, p003 zip, p004 and p005 its members (p001, the multipart, has no bytes of its own)
+    assert fake.commands == [b"zINSTREAM"] * 5
+    assert result.findings == () and virus_check(result).scanned_by == ("fake",)
+
+
+def test_parts_stop_at_the_first_infected_part(tmp_path, clamd):
+    raw = message(CLAM_EXE, "clam.exe", body=EICAR.decode() + "\r\n")    # p002 EICAR, p003 clam.exe
+    result = run(tmp_path, raw, scanners(parts_entry(clamd)) + "policy: {final_virus_destiny: reject}\n")
+    [virus] = [f for f in result.findings if f.ccat is Ccat.VIRUS]
+    assert dict(virus.values)["virus_names"] == (reported(EICAR_SIGNATURE),)
+    assert dict(virus.values)["virus_parts"] == ((reported(EICAR_SIGNATURE), "p002"),)
+
+
+def test_parts_over_max_size_is_unchecked_over_limits(tmp_path, clamd):
+    result = run(tmp_path, message(b"x" * 5000, "big.bin"), scanners(parts_entry(clamd, max_size=2000)))
+    [f] = [f for f in result.findings if f.check == "virus"]
+    assert (f.ccat, f.minor) == (Ccat.UNCHECKED, 2)
+    assert "part p003 5000 bytes > max_size 2000" in f.detail
+    assert "X-Virus-Scanned" not in headers(result)
+
+
+def test_parts_a_virus_next_to_a_part_over_max_size_is_still_found(tmp_path, clamd):
+    raw = message(b"x" * 5000, "big.bin", body=EICAR.decode() + "\r\n")
+    result = run(tmp_path, raw, scanners(parts_entry(clamd, max_size=2000)) + "policy: {final_virus_destiny: reject}\n")
+    assert str(result.outcome.reply).endswith(f" - INFECTED: {reported(EICAR_SIGNATURE)}")
+
+
+def test_parts_over_the_stream_limit_is_unchecked_over_limits(tmp_path, tmp_path_factory):
+    with ClamdProcess(str(tmp_path_factory.mktemp("small")), StreamMaxLength="1M") as small:
+        result = run(tmp_path, message(b"\x00" * (2 << 20), "big.bin"), scanners(parts_entry(small)))
+    [f] = [f for f in result.findings if f.check == "virus"]
+    assert (f.ccat, f.minor) == (Ccat.UNCHECKED, 2) and "part p003" in f.detail
+    assert "X-Virus-Scanned" not in headers(result)
+
+
+def test_parts_a_failure_on_the_second_part_is_a_failed_scanner(tmp_path, clamd):
+    raw = message(CLAM_EXE, "clam.exe")      # header, p002 text, p003 clam.exe
+
+    def failing_on_p003(extra: str = ""):
+        with FakeScanner("garbage", ok_first=2) as fake:   # answers OK twice, then garbage
+            result = run(tmp_path, raw, scanners(fake_entry(fake)) + extra)
+        assert fake.accepted == 3
+        return result
+
+    fatal = failing_on_p003()
+    not_fatal = failing_on_p003("policy: {virus_scanners_failure_is_fatal: false}\n")
+    backed_up = failing_on_p003(scanners(parts_entry(clamd, name="backup"), key="av_scanners_backup")
+                                + "policy: {final_virus_destiny: reject}\n")
+    assert fatal.outcome.action is Action.TEMPFAIL and str(fatal.outcome.reply).startswith("451 4.3.0 ")
+    [f] = [f for f in not_fatal.findings if f.check == "virus"]
+    assert (f.ccat, f.minor) == (Ccat.UNCHECKED, 0) and "at part p003 (3 of 3)" in f.detail, f.detail
+    assert "X-Virus-Scanned" not in headers(not_fatal)
+    assert str(backed_up.outcome.reply).endswith(f" - INFECTED: {reported(CLAM_EXE_SIGNATURE)}")
+    assert virus_check(backed_up).scanned_by == ("backup",)
+
+
+def test_parts_share_one_timeout(tmp_path):
+    # each part answered after 0.4 s: three streams (header, p002, p003) do not fit in 1 s,
+    # though each alone would
+    with FakeScanner("slow", delay=0.4) as fake:
+        result = run(tmp_path, message(b"data", "a.bin"), scanners(fake_entry(fake, timeout_s=1.0))
+                     + "policy: {virus_scanners_failure_is_fatal: false}\n")
+    [f] = [f for f in result.findings if f.check == "virus"]
+    assert (f.ccat, f.minor) == (Ccat.UNCHECKED, 0) and "ClamdTimeout" in f.detail, f.detail
+
+
+def test_parts_incomplete_decoding_streams_the_whole_message(tmp_path, clamd, caplog):
+    import logging
+    import subprocess
+    caplog.set_level(logging.INFO, logger="pymavis")
+    (tmp_path / "a.txt").write_bytes(b"secret\n")
+    subprocess.run(["zip", "-q", "-j", "-P", "pw", str(tmp_path / "e.zip"), str(tmp_path / "a.txt")], check=True)
+    raw = message((tmp_path / "e.zip").read_bytes(), "e.zip")
+    with FakeScanner("reply") as fake:
+        run(tmp_path, raw, scanners(fake_entry(fake)))
+    assert fake.accepted == 1 and fake.stream_bytes == len(raw)      # the message as stored, once
+    assert "decoding incomplete (encrypted: p003" in caplog.text and "scanning the whole message" in caplog.text
+    result = run(tmp_path, raw, scanners(parts_entry(clamd)))
+    from_virus = [f for f in result.findings if f.check == "virus"]
+    assert [(f.ccat, f.minor) for f in from_virus] == [(Ccat.UNCHECKED, 1)]
+    assert "Heuristics.Encrypted.Zip" in from_virus[0].detail
+
+
+def test_parts_without_decoded_parts_stream_the_whole_message(tmp_path, clamd):
+    from pymavis import decode
+    from pymavis.checks import virus
+    from pymavis.decide import resolve_rcpt
+    path = tmp_path / "pymavis.yaml"
+    with FakeScanner("reply") as fake:
+        path.write_text(f"state_dir: {tmp_path}\nmydomain: example.com\n"
+                        + scanners(fake_entry(fake), parts_entry(clamd)))
+        config = load(str(path))
+        policy = merge(config, ())
+        raw = message(body=EICAR.decode() + "\r\n")
+        txn = txn_of(raw, tmp_dir=str(tmp_path))
+        try:
+            scan = pipeline.scan_for(config, policy, txn, tuple(resolve_rcpt(policy, r.addr) for r in txn.rcpts))
+            scan._walk = decode.walk(txn.spool.read())     # decoded, but no parts kept
+            scan.decoded = True
+            result = virus.check(scan)
+        finally:
+            txn.spool.close()
+    assert fake.accepted == 1 and fake.stream_bytes == len(raw)
+    [f] = result.findings
+    assert f.ccat is Ccat.VIRUS and dict(f.values)["virus_names"] == (reported(EICAR_SIGNATURE),)
+    assert "virus_parts" not in dict(f.values)     # streamed whole: no part to name
+
+
+def test_parts_decode_even_when_everyone_bypasses_banned_checks(tmp_path, clamd):
+    raw = message(zip_bytes(("inner/clam.exe", CLAM_EXE)), "a.zip")
+    result = run(tmp_path, raw, scanners(parts_entry(clamd))
+                 + "policy: {bypass_banned_checks: true, final_virus_destiny: reject}\n")
+    assert result.scan.decoded and result.scan.contents is None      # decoded, and freed after the check
+    [virus] = [f for f in result.findings if f.ccat is Ccat.VIRUS]
+    assert dict(virus.values)["virus_parts"] == ((reported(CLAM_EXE_SIGNATURE), "p003"),)
+
+
+def test_parts_not_decoded_when_everyone_bypasses_both(tmp_path, clamd):
+    config = scanners(parts_entry(clamd)) + "policy: {bypass_banned_checks: true, bypass_virus_checks: true}\n"
+    result = run(tmp_path, message(CLAM_EXE, "clam.exe"), config)
+    assert not result.scan.decoded and virus_check(result).scanned_by == ()
+
+
+@pytest.mark.parametrize("kind", ["unix", "inet"])
+def test_method_parts_is_accepted_on_both_sockets(tmp_path, clamd, kind):
+    path = tmp_path / "p.yaml"
+    path.write_text("state_dir: /tmp\n" + scanners(f'{{name: x, socket: "{clamd.socket_spec(kind)}", method: parts}}'))
+    [scanner] = load(str(path))["av_scanners"]
+    assert scanner.method == "parts"

@@ -841,18 +841,14 @@ def gigabyte_of_zeros():
 def test_1gb_of_zeros_stops_at_the_quota(gigabyte_of_zeros):
     # deflate cannot beat ~1030:1, so the member ratio (1000x the archive) barely
     # applies; amavis's quota (300 MiB here) stops it
-    started = time.monotonic()
     result = walk(gigabyte_of_zeros)
-    assert time.monotonic() - started < 5
     assert [(p.minor, p.part) for p in result.problems] == [("over limits", "p003")]
     assert result.problems[0].detail == "zeros.bin: expanded bytes > quota left (313529020 bytes)"
     assert members_of(result) == []
 
 
 def test_1gb_of_zeros_stops_at_the_member_ratio(gigabyte_of_zeros):
-    started = time.monotonic()
     result = walk(gigabyte_of_zeros, Limits(max_member_ratio=100))
-    assert time.monotonic() - started < 2
     assert [(p.minor, p.part) for p in result.problems] == [("over limits", "p003")]
     assert "zeros.bin: expands > 100x the archive" in result.problems[0].detail
     assert members_of(result) == []

@@ -1,24 +1,35 @@
 """Prometheus metrics (metrics.py) scraped over HTTP from a loopback port: counters and
 histograms change as messages are recorded (a clean and a banned message through the
 pipeline, a fake result with a failed check, an answer without checks), values read at
-scrape time (in flight, quarantine stores, spam cache, events), start and stop from the
-configuration, and the loopback rule of `metrics.listen`."""
+scrape time (in flight, worker pools, quarantine stores, spam cache, events), start and
+stop from the configuration, and the loopback rule of `metrics.listen`. Each virus and
+spam scanner call is timed by name and outcome (stub clients that answer or fail); each
+decoder run is counted (a walk's tally, a zip through the pipeline) and shown by `stats`
+as OpsDecBy*."""
 
 from __future__ import annotations
 
+import base64
+import binascii
+import gzip
 import logging
 import socket
+import threading
 import urllib.request
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from harness.net import LOOPBACK, free_port
+from harness.net import LOOPBACK, free_port, wait_until
+from harness.samples import zip_bytes
 from harness.txns import BODY, HEADERS, banned_body, config_from, txn_of, zip_message
 
-from pymavis import events, keep, metrics, pipeline
-from pymavis.checks import CheckResult
+from pymavis import clamd, decode, events, keep, metrics, pipeline, spamd, workpool
+from pymavis.checks import CheckResult, ScannerCall
+from pymavis.checks import spam as spam_check
+from pymavis.checks import virus as virus_check
 from pymavis.checks.spam import VerdictCache
+from pymavis.decide import resolve_rcpt
 from pymavis.config import ConfigError
 from pymavis.outcome import Action, Outcome, Reply
 from pymavis.policy import merge
@@ -224,3 +235,200 @@ def test_virus_names_are_bounded(monkeypatch):
     m = metrics.Metrics()
     m._count_viruses(["A", "B", "C", "D", "A"])
     assert sorted(map(tuple, m.stats()["virus_names"])) == [("(other)", 2), ("A", 2), ("B", 1)]
+
+
+# --- per-scanner latency -------------------------------------------------------------------
+
+
+class StubClamd:
+    """A clamd client that answers `reply` or raises `error`, without a socket."""
+
+    def __init__(self, reply=None, error=None):
+        self.reply, self.error = reply, error
+
+    def instream(self, reader):
+        if self.error is not None:
+            raise self.error
+        return self.reply
+
+    fildes = instream
+
+
+class StubSpamd:
+    def __init__(self, score=None):
+        self.score = score
+
+    def symbols(self, payload):
+        if self.score is None:
+            raise spamd.SpamdUnavailable("connection refused", "stub")
+        return spamd.SpamReply(self.score, 5.0, self.score >= 5.0, ("STUB_RULE",))
+
+
+def scanned(tmp_path, virus_scanners, spam_scanners):
+    """(the virus check's result, the spam check's) for one message with these stubs."""
+    config = config_from(tmp_path)
+    policy = merge(config, ())
+    txn = txn_of(HEADERS)
+    try:
+        scan = pipeline.scan_for(None, policy, txn, tuple(resolve_rcpt(policy, r.addr) for r in txn.rcpts))
+        scan.scanners = (tuple(virus_check.Scanner(name, client, "instream", 0) for name, client in virus_scanners), ())
+        scan.spam_scanners = tuple(spam_check.SpamScanner(name, client) for name, client in spam_scanners)
+        return policy, txn, virus_check.check(scan), spam_check.check(scan)
+    finally:
+        txn.spool.close()
+
+
+def test_each_scanner_call_is_listed_with_its_outcome(tmp_path):
+    _, _, virus, spam = scanned(tmp_path, [
+        ("down", StubClamd(error=clamd.ClamdUnavailable("refused", "stub"))),
+        ("big", StubClamd(error=clamd.ClamdSizeLimit("INSTREAM size limit exceeded", "stub"))),
+        ("clean", StubClamd(clamd.ScanReply((), "stream: OK"))),
+        ("found", StubClamd(clamd.ScanReply(("Eicar-Test",), "stream: Eicar-Test FOUND"))),
+        ("locked", StubClamd(clamd.ScanReply(("Heuristics.Encrypted.Zip",), "stream: Heuristics.Encrypted.Zip FOUND"))),
+    ], [("sa-down", StubSpamd()), ("sa", StubSpamd(1.5))])
+    assert [(c.kind, c.scanner, c.outcome) for c in virus.scanner_calls] == [
+        ("virus", "down", "failed"), ("virus", "big", "over_limits"), ("virus", "clean", "clean"),
+        ("virus", "found", "infected"), ("virus", "locked", "unchecked")]
+    assert [(c.kind, c.scanner, c.outcome) for c in spam.scanner_calls] == [
+        ("spam", "sa-down", "failed"), ("spam", "sa", "answered")]
+    assert all(c.elapsed_ms >= 0 for c in virus.scanner_calls + spam.scanner_calls)
+    assert spam.spam.verdict.scanner == "sa"
+    _, _, virus, spam = scanned(tmp_path, [], [("sa-down", StubSpamd())])
+    assert virus.scanner_calls == () and [c.outcome for c in spam.scanner_calls] == ["failed"]
+    assert spam.spam.note.startswith("SPAM CHECK FAILED")
+
+
+def test_scanner_histogram_counts_each_call(tmp_path, served):
+    m, port, _, _ = served
+    for _ in range(2):
+        policy, txn, virus, spam = scanned(tmp_path, [("clamd-a", StubClamd(error=clamd.ClamdTimeout("slow", "s"))),
+                                                      ("clamd-b", StubClamd(clamd.ScanReply((), "stream: OK")))],
+                                           [("spamd-1", StubSpamd(7.0))])
+        result = pipeline.Result(Outcome(Action.CONTINUE), (), (virus, spam), ())
+        m.record(policy, txn, result, result.outcome, 5.0)
+    after = scrape(port)
+    for kind, scanner, outcome in (("virus", "clamd-a", "failed"), ("virus", "clamd-b", "clean"),
+                                   ("spam", "spamd-1", "answered")):
+        labels = {"kind": kind, "scanner": scanner, "outcome": outcome}
+        assert value(after, "pymavis_scanner_seconds_count", **labels) == 2, labels
+        assert value(after, "pymavis_scanner_seconds_bucket", le="+Inf", **labels) == 2, labels
+    assert value(after, "pymavis_scanner_seconds_count", kind="virus", scanner="clamd-b", outcome="failed") == 0
+    call = ScannerCall("virus", "x", "clean", 1500.0)
+    m.record(policy, txn, pipeline.Result(Outcome(Action.CONTINUE), (), (CheckResult("virus", scanner_calls=(call,)),),
+                                          ()), Outcome(Action.CONTINUE), 5.0)
+    after = scrape(port)
+    assert value(after, "pymavis_scanner_seconds_sum", kind="virus", scanner="x", outcome="clean") == 1.5
+    assert value(after, "pymavis_scanner_seconds_bucket", kind="virus", scanner="x", outcome="clean", le="1.0") == 0
+
+
+def test_a_cached_or_shared_verdict_lists_no_spamd_call():
+    leader = spam_check._pool().submit(lambda: (spam_check.Verdict(
+        3.0, 5.0, (), "s", 10.0, calls=(ScannerCall("spam", "s", "answered", 10.0),)), ""))
+    follower = spam_check._follow(leader, lambda: pytest.fail("asked spamd again"))
+    verdict, _ = follower.result(timeout=10)
+    assert verdict.cached and verdict.calls == ()
+
+
+# --- decoder runs (OpsDecBy*) ------------------------------------------------------------
+
+
+def uuencode(name, data):
+    lines = [f"begin 644 {name}".encode()]
+    lines += [binascii.b2a_uu(data[i:i + 45]).rstrip(b"\n") for i in range(0, len(data), 45)]
+    return b"\n".join([*lines, b"`", b"end"]) + b"\n"
+
+
+def attached(data: bytes, name: str, ctype: str = "application/octet-stream") -> bytes:
+    encoded = base64.encodebytes(data).decode()
+    return (f'From: a@example.org\nMIME-Version: 1.0\nContent-Type: multipart/mixed; boundary="b"\n\n'
+            f"--b\nContent-Type: text/plain\n\nhello\n--b\nContent-Type: {ctype}\n"
+            f'Content-Transfer-Encoding: base64\nContent-Disposition: attachment; filename="{name}"\n\n'
+            f"{encoded}--b--\n").encode()
+
+
+PLAIN = b"From: a@example.org\nSubject: hi\n\nhello\n"
+
+
+@pytest.mark.parametrize("raw, expected", [
+    (PLAIN, {"mime": 1}),
+    (attached(zip_bytes(("a.txt", b"hello\n")), "a.zip"), {"mime": 1, "zip": 1}),
+    (attached(zip_bytes(("in.zip", zip_bytes(("a.txt", b"x\n")))), "out.zip"), {"mime": 1, "zip": 2}),
+    (attached(gzip.compress(b"hello\n" * 100), "a.txt.gz"), {"mime": 1, "gz": 1}),
+    (b"From: a@example.org\nSubject: uu\n\nsee\n" + uuencode("a.bin", b"\x00\x01" * 40) + b"bye\n",
+     {"mime": 1, "uue": 1}),
+    (attached(PLAIN, "fwd.eml", "message/rfc822"), {"mime": 2}),
+], ids=["plain", "zip", "zip-in-zip", "gzip", "uuencoded", "rfc822-in-base64"])
+def test_walk_counts_each_decoder_run(raw, expected):
+    assert dict(decode.walk(raw).decoders) == expected
+
+
+def test_decoder_runs_are_counted_and_shown_as_opsdec(tmp_path, served):
+    m, port, _, _ = served
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    body = ("--b1\r\nContent-Type: text/plain\r\n\r\nhello\r\n--b1\r\nContent-Type: application/zip\r\n"
+            'Content-Transfer-Encoding: base64\r\nContent-Disposition: attachment; filename="docs.zip"\r\n\r\n'
+            + base64.encodebytes(zip_bytes(("notes.txt", b"hello\n"))).decode().replace("\n", "\r\n")
+            + "--b1--\r\n").encode()
+    record_pipeline(tmp_path / "a", m, zip_message(), body)
+    record_pipeline(tmp_path / "b", m, HEADERS, BODY)
+    after = scrape(port)
+    assert value(after, "pymavis_decoder_runs_total", decoder="zip") == 1
+    assert value(after, "pymavis_decoder_runs_total", decoder="mime") == 2
+    assert value(after, "pymavis_decoded_messages_total") == 2
+    stats = m.stats()
+    c = stats["counters"]
+    assert (c["OpsDec"], c["OpsDecByMimeParser"], c["OpsDecByZip"]) == (2, 2, 1)
+    assert stats["bases"]["OpsDecByZip"] == "InMsgs"
+    names = list(c)
+    assert names.index("QuarFailedMsgs") < names.index("OpsDec") < names.index("OpsDecByMimeParser") \
+        < names.index("OpsDecByZip")
+
+
+def test_opsdec_names_of_the_decoders():
+    m = metrics.Metrics()
+    for decoder in ("hqx", "tnef", "7z", "uue", "mbox", "Z"):
+        m.decoder_runs.labels(decoder).inc()
+    c = m.stats()["counters"]
+    assert [n for n in c if n.startswith("OpsDec")] == [
+        "OpsDec", "OpsDecByMimeParser", "OpsDecBy7z", "OpsDecByBinhex", "OpsDecByMbox", "OpsDecByTnef",
+        "OpsDecByUue", "OpsDecByZ"]
+    assert c["OpsDecByMimeParser"] == 0 and c["OpsDecByTnef"] == 1
+
+
+# --- worker pools -------------------------------------------------------------------------
+
+
+def test_worker_pool_gauges_read_when_scraped(served):
+    _, port, _, _ = served
+    pool = workpool.Pool("test-pool", 1)
+    release = threading.Event()
+    try:
+        idle = scrape(port)
+        assert value(idle, "pymavis_pool_waiting", pool="test-pool") == 0
+        assert value(idle, "pymavis_pool_busy", pool="test-pool") == 0
+        assert value(idle, "pymavis_pool_workers", pool="test-pool") == 1
+        running = pool.submit(release.wait, 30)
+        queued = pool.submit(lambda: None)
+        wait_until(lambda: pool.counts()[1] == 1, 10, what="the first task running")
+        busy = scrape(port)
+        assert value(busy, "pymavis_pool_busy", pool="test-pool") == 1
+        assert value(busy, "pymavis_pool_waiting", pool="test-pool") == 1
+        assert queued.cancel()   # a task dropped before it began leaves the queue
+        assert pool.counts() == (0, 1, 1)
+        release.set()
+        assert running.result(timeout=10) is True
+        wait_until(lambda: pool.counts() == (0, 0, 1), 10, what="the pool idle")
+        with pytest.raises(ZeroDivisionError):   # what a task raises still reaches its future
+            pool.submit(lambda: 1 / 0).result(timeout=10)
+        wait_until(lambda: pool.counts() == (0, 0, 1), 10, what="the pool idle after a failed task")
+        done = scrape(port)
+        assert value(done, "pymavis_pool_busy", pool="test-pool") == 0
+        assert value(done, "pymavis_pool_waiting", pool="test-pool") == 0
+    finally:
+        release.set()
+        pool.shutdown(wait=True)
+        workpool.POOLS.pop("test-pool", None)
+    with pytest.raises(RuntimeError):   # shut down: refused, and not counted as waiting
+        pool.submit(lambda: None)
+    assert pool.counts() == (0, 0, 1)

@@ -205,6 +205,14 @@ def test_render_status_marks_what_is_stuck():
     assert "STUCK" not in statuscmd.render_status(STATUS, stuck_s=100)
 
 
+def test_render_status_says_how_many_wait_for_a_worker():
+    head = statuscmd.render_status({**STATUS, "in_flight": 5, "waiting": 3, "busy": 2}, stuck_s=60).splitlines()[0]
+    assert head.endswith("; 2 connection(s), 5 message(s) checking (3 waiting for a worker), 1 stuck (busy 1m00s "
+                         "or more)")
+    idle = statuscmd.render_status({**STATUS, "waiting": 0}, stuck_s=60).splitlines()[0]
+    assert "waiting" not in idle
+
+
 def test_render_stats_totals_per_hour_and_percent():
     answer = {"version": "1.0", "pid": 1, "started": 0, "uptime_s": 7200.0,
               "counters": {"InMsgs": 10, "InMsgsRecips": 12, "InMsgsSize": 5000, "ContentSpamMsgs": 0,

@@ -3,7 +3,9 @@
 One interface: `check(scan: Scan) -> CheckResult`. A `Scan` holds the frozen transaction,
 the merged policy, the recipients' resolved settings and the decoding settings; the walk
 over the message's parts (decode/) runs once, on first use, so a message whose recipients
-all bypass the checks that need parts is never decoded.
+all bypass the checks that need parts is never decoded. When a virus scanner has method
+`parts` (Scan.wants_contents), the walk also keeps each part's decoded bytes
+(Scan.contents, decode/contents.py) until the virus check has used them.
 
 A check that could not do its work says so (`could_not_check`, with why); the pipeline
 turns that into UNCHECKED for every recipient, never into clean.
@@ -20,6 +22,10 @@ result is taken in its place in the order.
 
 A check may also say `tempfail` (all virus scanners failed and that is fatal): the whole
 message is answered TEMPFAIL, whatever the other checks found.
+
+A check that asks scanners (virus: clamd, spam: spamd) lists each call it made in
+`scanner_calls` (which scanner, how it ended, how long it took), for the per-scanner
+latency histogram (metrics.py); a check does no counting of its own.
 """
 
 from __future__ import annotations
@@ -31,6 +37,19 @@ from dataclasses import dataclass, field
 from pymavis.banned import DEFAULT_RULE_SETS
 from pymavis.categories import Finding
 from pymavis.decode import DEFAULT_TYPE_MAP, Limits, Problem, Walk, walk
+from pymavis.decode.contents import Contents
+
+
+@dataclass(frozen=True)
+class ScannerCall:
+    """One call to one configured scanner: `kind` "virus" or "spam", its configured
+    `scanner` name, its `outcome` (virus: clean, infected, unchecked, over_limits, failed;
+    spam: answered, failed) and its wall time."""
+
+    kind: str
+    scanner: str
+    outcome: str
+    elapsed_ms: float
 
 
 @dataclass(frozen=True)
@@ -43,6 +62,7 @@ class CheckResult:
     tempfail: str | None = None          # why the whole message must be tried again later
     spam: object | None = None           # checks.spam.SpamView: the verdict and each recipient's judgement
     auth: object | None = None           # checks.auth.AuthView: DKIM/SPF/DMARC results, our A-R field
+    scanner_calls: tuple[ScannerCall, ...] = ()   # each scanner asked, in order (module doc)
 
 
 @dataclass
@@ -68,6 +88,9 @@ class Scan:
     spam_pending: object | None = None
     found: list = field(default_factory=list)  # findings of the checks that ran so far
     decoded: bool = field(default=False, init=False)
+    # the parts' decoded bytes, kept by the walk when a virus scanner has method `parts`
+    # (wants_contents); the virus check closes it (release_contents)
+    contents: Contents | None = field(default=None, init=False, repr=False)
     _walk: Walk | None = field(default=None, init=False, repr=False)
 
     def everyone(self, setting: str) -> bool:
@@ -75,10 +98,25 @@ class Scan:
         return bool(self.rcpt_settings) and all(rs.get(setting) for rs in self.rcpt_settings)
 
     @property
+    def wants_contents(self) -> bool:
+        """Does a virus scanner want the decoded parts (method `parts`) of this message?
+        Then the walk runs (checks/content.py) and keeps them."""
+        primaries, backups = self.scanners
+        return (any(s.method == "parts" for s in (*primaries, *backups))
+                and not self.everyone("bypass_virus_checks"))
+
+    def release_contents(self) -> None:
+        """Free the kept parts (memory or their temp file); the walk itself stays."""
+        if self.contents is not None:
+            self.contents.close()
+            self.contents = None
+
+    @property
     def walk(self) -> Walk:
         """Every part of the message (decode.walk), computed on first use. Raises only
         OSError (a spool that cannot be read). A message we did not store whole is not
-        decoded: its walk is one 'over limits' problem. (Not functools.cached_property:
+        decoded: its walk is one 'over limits' problem. When wants_contents, the walk
+        also keeps the parts' bytes in `contents`. (Not functools.cached_property:
         before Python 3.12 its lock is one per class, so every message's walk would wait
         for every other's.)"""
         if self._walk is None:
@@ -88,8 +126,16 @@ class Scan:
                 detail = f"message not stored whole: {spool.size} bytes, over every recipient's size limit"
                 self._walk = Walk((), (Problem("over limits", None, detail),), 0.0)
             else:
-                with self.gate.admit(spool.stored) if self.gate else nullcontext():
-                    self._walk = walk(spool.read(), self.limits, self.type_map)
+                keep = None
+                if self.wants_contents:
+                    self.contents = Contents(getattr(spool, "tmp_dir", None))
+                    keep = self.contents.keep
+                try:
+                    with self.gate.admit(spool.stored) if self.gate else nullcontext():
+                        self._walk = walk(spool.read(), self.limits, self.type_map, keep=keep)
+                except BaseException:
+                    self.release_contents()
+                    raise
         return self._walk
 
 

@@ -16,8 +16,9 @@ The detail names the first problem of the kind and how many more there were; eve
 problem goes to the log with its numbers. When the message has several kinds, decide
 sees one finding per kind and the highest minor leads.
 
-The walk runs only when some recipient needs the parts: today that is the banned check
-(`bypass_banned_checks`); the virus check will add its own condition.
+The walk runs only when some recipient needs the parts: the banned check
+(`bypass_banned_checks`), or a virus scanner with method `parts` for a recipient who does
+not bypass virus checks (Scan.wants_contents); then the problems above are findings too.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ NEEDS_PARTS = ("bypass_banned_checks",)  # decoding is skipped when everyone byp
 
 
 def needs_parts(scan) -> bool:
-    return not all(scan.everyone(setting) for setting in NEEDS_PARTS)
+    return not all(scan.everyone(setting) for setting in NEEDS_PARTS) or scan.wants_contents
 
 
 def check(scan) -> CheckResult:

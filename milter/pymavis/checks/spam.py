@@ -64,13 +64,13 @@ from collections import OrderedDict
 from dataclasses import dataclass, replace
 from email.utils import formatdate
 
-from pymavis import rawmsg, spamd
+from pymavis import rawmsg, spamd, workpool
 from pymavis.categories import Ccat, Finding
 from pymavis.decide import SPAM_RCPT_SETTINGS, decide
 from pymavis.log import log
 from pymavis.lookups import LookupFailed
 
-from . import CheckResult
+from . import CheckResult, ScannerCall
 
 # The X-Spam-* fields we write: incoming ones are not believed (remove_existing_spam_headers).
 OUR_HEADERS = frozenset({"x-spam-flag", "x-spam-score", "x-spam-level", "x-spam-status", "x-spam-report",
@@ -263,6 +263,7 @@ class Verdict:
     elapsed_ms: float = 0.0
     truncated: bool = False
     cached: bool = False
+    calls: tuple[ScannerCall, ...] = ()   # the spamd calls that gave it (none when it came from the cache)
 
 
 class VerdictCache:
@@ -355,15 +356,15 @@ class _Pending:
     future: concurrent.futures.Future | None = None
 
 
-_POOL: concurrent.futures.ThreadPoolExecutor | None = None
+_POOL: workpool.Pool | None = None
 _POOL_LOCK = threading.Lock()
 
 
-def _pool() -> concurrent.futures.ThreadPoolExecutor:
+def _pool() -> workpool.Pool:
     global _POOL
     with _POOL_LOCK:
         if _POOL is None:
-            _POOL = concurrent.futures.ThreadPoolExecutor(max_workers=32, thread_name_prefix="pymavis-spam")
+            _POOL = workpool.Pool("spam", 32, "pymavis-spam")   # its queue depth: pymavis_pool_* {pool="spam"}
         return _POOL
 
 
@@ -446,7 +447,7 @@ def _follow(leader: concurrent.futures.Future, job) -> concurrent.futures.Future
     def leader_done(f) -> None:
         if not f.cancelled() and f.exception() is None:
             verdict, note = f.result()
-            settle((replace(verdict, elapsed_ms=0.0, cached=True), note))
+            settle((replace(verdict, elapsed_ms=0.0, cached=True, calls=()), note))
         elif not out.cancelled():
             _pool().submit(job).add_done_callback(own)
 
@@ -477,26 +478,31 @@ def _prepare(scan):
 
 def _ask(scanners, payload: bytes, truncated: bool, note: str, mail_id: str, cache, key) -> tuple[Verdict, str]:
     """spamd's verdict: the first scanner that answers. Raises _AllFailed."""
-    failures = []
+    failures, calls = [], []
     for scanner in scanners:
         started = time.monotonic()
         try:
             reply = scanner.client.symbols(payload)
         except (spamd.SpamdError, OSError) as exc:
             failures.append(f"{scanner.name}: {type(exc).__name__}: {exc}")
+            calls.append(ScannerCall("spam", scanner.name, "failed", _ms(started)))
             continue
-        verdict = Verdict(reply.score, reply.required, reply.tests, scanner.name,
-                          (time.monotonic() - started) * 1000, truncated)
+        elapsed = _ms(started)
+        calls.append(ScannerCall("spam", scanner.name, "answered", elapsed))
+        verdict = Verdict(reply.score, reply.required, reply.tests, scanner.name, elapsed, truncated,
+                          calls=tuple(calls))
         for why in failures:
             log.warning("mail_id %s: spam scanner %s", mail_id, why)
         if cache is not None:
             cache.put(key, verdict)
         return verdict, note
-    raise _AllFailed("; ".join(failures))
+    raise _AllFailed("; ".join(failures), tuple(calls))
 
 
 class _AllFailed(Exception):
-    pass
+    def __init__(self, why: str, calls: tuple = ()):
+        super().__init__(why)
+        self.calls = calls   # ScannerCall of each scanner that failed
 
 
 def _cancel(scan) -> None:
@@ -518,7 +524,7 @@ def check(scan) -> CheckResult:
         return CheckResult("spam")
     levels = _levels(scan)
     lists = sender_lists(scan.policy, scan.txn.mail_from)
-    verdict, note = None, ""
+    verdict, note, calls = None, "", ()
     if not _needs_spamd(levels, lists):
         note = "spamd not asked: " + ("every recipient bypasses spam checks" if all(lv.bypass for _, lv in levels)
                                       else "the sender is " + ("blacklisted" if lists.blacklisted else "whitelisted"))
@@ -531,12 +537,14 @@ def check(scan) -> CheckResult:
         try:
             verdict, note = pending.future.result()
         except _AllFailed as exc:
-            note = f"SPAM CHECK FAILED: {exc}"
+            note, calls = f"SPAM CHECK FAILED: {exc}", exc.calls
             log.error("mail_id %s: %s", scan.txn.mail_id, note)
             if scan.policy.spam_scanner_failure == "tempfail":
                 return CheckResult("spam", elapsed_ms=_ms(started), tempfail=f"spam check failed ({exc})",
-                                   spam=SpamView(None, (), note, scan.policy.remove_existing_spam_headers))
+                                   spam=SpamView(None, (), note, scan.policy.remove_existing_spam_headers),
+                                   scanner_calls=calls)
         else:
+            calls = verdict.calls if verdict is not None else ()   # None: not sent (size, spool)
             if note:
                 log.info("mail_id %s: spam check %s", scan.txn.mail_id, note)
     boost = dmarc_boost(scan)
@@ -548,7 +556,8 @@ def check(scan) -> CheckResult:
     score = verdict.score if verdict is not None else None
     judgements = tuple(judge(rcpt, lv, score, lists) for rcpt, lv in levels)
     view = SpamView(verdict, judgements, note, scan.policy.remove_existing_spam_headers)
-    return CheckResult("spam", _findings(judgements, verdict), elapsed_ms=_ms(started), spam=view)
+    return CheckResult("spam", _findings(judgements, verdict), elapsed_ms=_ms(started), spam=view,
+                       scanner_calls=calls)
 
 
 def _findings(judgements, verdict) -> tuple[Finding, ...]:

@@ -137,6 +137,17 @@ DEFAULT_SMTP_REASONS = {
 
 DMARC_ACTIONS = ("none", "reject", "quarantine", "score")
 
+
+class ArcSeal(Bool):
+    """`arc_seal`: true only with a sealing key (`arc_sealing`, read before the banks)."""
+
+    def convert(self, value, ctx):
+        value = super().convert(value, ctx)
+        if value and not ctx.arc_sealing:
+            raise SettingError("arc_seal needs a key: arc_sealing in the main file is not set (or not valid)")
+        return value
+
+
 POLICY_SETTINGS = _settings(
     Setting("originating", Bool(), False,
             "mail comes from our own users (set by the MYNETS and ORIGINATING banks)"),
@@ -263,6 +274,12 @@ POLICY_SETTINGS = _settings(
     Setting("dkim_sign", Bool(), False,
             "sign passed originating mail with the dkim_signing_keys key of its From domain "
             "(not mail leaving as virus, banned, spam or spammy)"),
+    Setting("arc_verify", Bool(), False,
+            "verify the ARC chain (RFC 8617, at most 50 sets) and report it as arc= in "
+            "Authentication-Results; never for originating mail"),
+    Setting("arc_seal", ArcSeal(), False,
+            "add an ARC set (the arc_sealing key) to passed mail that arrived here, after our header edits "
+            "(verifies the chain too; not mail leaving as virus, banned, spam or spammy)"),
 )
 
 _MILTER_SETTINGS = {
@@ -395,7 +412,7 @@ class FileTypeMap(Type):
 
 
 _SCANNER_KEYS = {"name": Str(nonempty=True), "socket": Str(nonempty=True),
-                 "method": Enum(("fildes", "instream")), "connect_timeout_s": Float(minimum=0.1),
+                 "method": Enum(("fildes", "instream", "parts")), "connect_timeout_s": Float(minimum=0.1),
                  "timeout_s": Float(minimum=0.1), "max_size": Int(minimum=0)}
 SCANNER_DEFAULTS = {"method": None, "connect_timeout_s": 5.0, "timeout_s": 60.0, "max_size": 0}
 
@@ -425,7 +442,8 @@ def _scanner_entries(value, section: Section, ctx, what: str):
 class ScannerList(Type):
     """[{name, socket, method, connect_timeout_s, timeout_s, max_size}, ...] -> virus.Scanner.
     `method` defaults to fildes on a unix socket, instream over TCP; fildes over TCP is an
-    error (clamd cannot receive a descriptor there)."""
+    error (clamd cannot receive a descriptor there); parts (the decoded parts, each
+    streamed: checks/virus.py) works over both."""
 
     def convert(self, value, ctx):
         from pymavis import clamd
@@ -624,6 +642,32 @@ class AuthservId(Str):
 _SIGNING_KEY_FIELDS = {"selector": Str(nonempty=True), "key_file": Str(nonempty=True),
                        "algorithm": Enum(("rsa-sha256", "ed25519-sha256")), "headers": StrList(),
                        "oversign": StrList()}
+_DOMAIN = re.compile(r"\.?[a-z0-9_-]+(\.[a-z0-9_-]+)*")
+
+
+def _signing_key(item, fields_spec: dict, ctx, domain: str, **read_key_args):
+    """One key entry (a mapping of `fields_spec`) -> dkimsign.SigningKey for `domain`, its key
+    file (relative to this file) read and checked. Raises SettingError with the key's path."""
+    from pymavis.auth import dkimsign
+    from pymavis.auth.header import is_token
+    section = Section(fields_spec, {"algorithm": "rsa-sha256", "headers": dkimsign.DEFAULT_HEADERS,
+                                    "oversign": dkimsign.DEFAULT_OVERSIGN})
+    fields = section.convert(item, ctx)
+    for key in ("selector", "key_file"):
+        if key not in (item or {}):
+            raise SettingError(f"a signing key needs {key!r}")
+    if not is_token(fields["selector"]) or "/" in fields["selector"]:
+        raise SettingError(f"bad selector {fields['selector']!r}", ("selector",))
+    path = os.path.join(ctx.base_dir, fields["key_file"])
+    try:
+        private = dkimsign.read_key(path, fields["algorithm"], **read_key_args)
+    except OSError as exc:
+        raise SettingError(f"cannot read {path}: {exc.strerror}", ("key_file",)) from None
+    except dkimsign.BadKey as exc:
+        raise SettingError(str(exc), ("key_file",)) from None
+    return dkimsign.SigningKey(domain, fields["selector"], fields["algorithm"], private,
+                               tuple(h.lower() for h in fields["headers"]),
+                               tuple(h.lower() for h in fields["oversign"]))
 
 
 class SigningKeys(Type):
@@ -632,43 +676,59 @@ class SigningKeys(Type):
     checked here."""
 
     def convert(self, value, ctx):
-        from pymavis.auth import dkimsign
-        from pymavis.auth.header import is_token
         if value is None:
             return {}
         if not isinstance(value, dict):
             raise SettingError(f"expected a mapping of domains to keys, got {_type_name(value)}")
-        section = Section(_SIGNING_KEY_FIELDS, {"algorithm": "rsa-sha256", "headers": dkimsign.DEFAULT_HEADERS,
-                                                "oversign": dkimsign.DEFAULT_OVERSIGN})
         out = {}
         for raw_domain, item in value.items():
             domain = str(raw_domain).lower().rstrip(".")
-            if not re.fullmatch(r"\.?[a-z0-9_-]+(\.[a-z0-9_-]+)*", domain):
+            if not _DOMAIN.fullmatch(domain):
                 raise SettingError(f"{domain!r} is not a domain name (example.com, or .example.com with subdomains)",
                                    (raw_domain,))
             try:
-                fields = section.convert(item, ctx)
-                for key in ("selector", "key_file"):
-                    if key not in (item or {}):
-                        raise SettingError(f"a signing key needs {key!r}")
-                if not is_token(fields["selector"]) or "/" in fields["selector"]:
-                    raise SettingError(f"bad selector {fields['selector']!r}", ("selector",))
-                path = os.path.join(ctx.base_dir, fields["key_file"])
-                try:
-                    private = dkimsign.read_key(path, fields["algorithm"])
-                except OSError as exc:
-                    raise SettingError(f"cannot read {path}: {exc.strerror}", ("key_file",)) from None
-                except dkimsign.BadKey as exc:
-                    raise SettingError(str(exc), ("key_file",)) from None
+                out[domain] = _signing_key(item, _SIGNING_KEY_FIELDS, ctx, domain.lstrip("."))
             except SettingError as exc:
                 raise SettingError(str(exc), (raw_domain,) + exc.path) from None
-            out[domain] = dkimsign.SigningKey(domain.lstrip("."), fields["selector"], fields["algorithm"], private,
-                                              tuple(h.lower() for h in fields["headers"]),
-                                              tuple(h.lower() for h in fields["oversign"]))
         return out
 
     def describe(self):
         return "a mapping of domains to signing keys"
+
+
+# ARC sealing (auth/arcseal.py): rsa-sha256 only (RFC 8617), and none of arcseal.NOT_SIGNED.
+_ARC_SEALING_FIELDS = {**_SIGNING_KEY_FIELDS, "domain": Str(nonempty=True), "algorithm": Enum(("rsa-sha256",))}
+# An ARC-Message-Signature of a larger key does not fit the one-line value of at most
+# header.MAX_CHARS (900) characters that outcome.apply writes (b= alone is 684 for 4096 bits).
+ARC_MAX_KEY_BITS = 2048
+
+
+class ArcSealing(Type):
+    """{domain, selector, key_file, algorithm, headers, oversign} -> dkimsign.SigningKey, or
+    null (no sealing). The key file is read and checked here."""
+
+    nullable = True
+
+    def convert(self, value, ctx):
+        if value is None:
+            return None
+        if not isinstance(value, dict):
+            raise SettingError(f"expected a mapping {{domain, selector, key_file}}, got {_type_name(value)}")
+        if "domain" not in value:
+            raise SettingError("arc_sealing needs 'domain' (the d= of the seal)")
+        domain = str(value["domain"]).lower().rstrip(".")
+        if not _DOMAIN.fullmatch(domain) or domain.startswith("."):
+            raise SettingError(f"{domain!r} is not a domain name", ("domain",))
+        from pymavis.auth import arcseal
+        key = _signing_key(value, _ARC_SEALING_FIELDS, ctx, domain, max_rsa_bits=ARC_MAX_KEY_BITS)
+        for what in ("headers", "oversign"):
+            bad = [h for h in getattr(key, what) if h in arcseal.NOT_SIGNED]
+            if bad:
+                raise SettingError(f"{bad[0]!r} cannot be signed by an ARC-Message-Signature", (what,))
+        return key
+
+    def describe(self):
+        return "a mapping {domain, selector, key_file, algorithm, headers, oversign}, or null"
 
 
 _DNS_SETTINGS = {"resolver": NameServers(), "timeout_s": Float(minimum=0.1), "deadline_s": Float(minimum=0.1)}
@@ -732,6 +792,9 @@ GLOBAL_SETTINGS = _settings(
             "our name in Authentication-Results (default: myhostname); arriving fields with it are removed"),
     Setting("dkim_signing_keys", SigningKeys(), {},
             "DKIM keys by From domain for dkim_sign: {DOMAIN: {selector, key_file, algorithm, headers, oversign}}"),
+    Setting("arc_sealing", ArcSealing(), None,
+            "the key banks with arc_seal seal with: {domain, selector, key_file, algorithm (rsa-sha256), headers, "
+            "oversign}; null: no sealing"),
     Setting("dns", Section(_DNS_SETTINGS, DNS_DEFAULTS), DNS_DEFAULTS,
             "DNS for the authentication checks: resolver (name server addresses; null: /etc/resolv.conf), "
             "timeout_s (one lookup), deadline_s (all lookups of one message)"),

@@ -22,7 +22,12 @@ tnefparse runs), and what libmagic sees. A breach stops that branch - for the gl
 ones (parts, bytes, time) the whole walk - records Problem("over limits", part, numbers)
 and the walk returns what it has. Memory: the message, its parsed tree, and the decoded
 content of the part being looked at (and of the leaves that hold it, for nested content);
-decoded payloads are never collected.
+decoded payloads are never collected by the walk. A caller that wants them (the virus
+check's method `parts`) passes `keep`: it is called with (path, bytes) for every part that
+has content of its own, once, in walk order, within the quota - leaves, containers with
+bytes of their own (archives, TNEF, texts holding uuencoded or BinHex blocks, transfer-
+encoded nested messages) and a multipart's preamble and epilogue; decode/contents.py
+stores them. A part cut short by a limit is not handed over (the walk's problem says so).
 
 What can fail, and how it shows: nothing raises out of `walk()`. Ambiguous MIME
 (two Content-Type fields, two boundary parameters) is Problem("ambiguous"); an
@@ -30,13 +35,21 @@ exception while looking at one part is Problem("error", that part, "ExcClass: te
 the walk goes on with the next part; any other exception ends the walk with
 Problem("error", None, ...). Which of these make a message UNCHECKED is the checks'
 business, not ours.
+
+`Walk.decoders` says how often each decoder ran (amavisd-agent's OpsDecBy*, counted by
+metrics.py): "mime" per message parsed (the message itself and each nested one), "mbox"
+per mbox file split, "tnef" per TNEF stream, the archive's short type ("zip", "7z", "gz",
+...: archives.ARCHIVES and COMPRESSED, a bounded set) per archive or compressed file
+opened, and "uue" / "hqx" per text part in which uuencoded / BinHex blocks were found
+(every text part is searched; the search alone is not counted). A dict increment per
+container, summed by the caller after the walk.
 """
 
 from __future__ import annotations
 
 import itertools
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from email.message import Message
 
@@ -51,7 +64,10 @@ PARSE_DEPTH = 64
 # Short types of text, where uuencoded and BinHex blocks and mbox files are looked for.
 _TEXT = ("asc", "txt", "uue", "hqx")
 
-__all__ = ["DEFAULT_TYPE_MAP", "Limits", "Part", "Problem", "Walk", "detect", "walk"]
+__all__ = ["DEFAULT_TYPE_MAP", "Keep", "Limits", "Part", "Problem", "Walk", "detect", "walk"]
+
+# walk()'s optional hook: (part path, the part's own decoded bytes).
+Keep = Callable[[str, bytes], None]
 
 
 @dataclass(frozen=True)
@@ -130,19 +146,23 @@ class Walk:
     parts: tuple[Part, ...]
     problems: tuple[Problem, ...]
     elapsed_ms: float
+    decoders: tuple[tuple[str, int], ...] = ()  # (decoder, times it ran), sorted by name (module doc)
 
 
-def walk(raw: bytes, limits: Limits = Limits(), type_map: TypeMap = DEFAULT_TYPE_MAP) -> Walk:
-    """Every part of `raw` within `limits`. Never raises."""
+def walk(raw: bytes, limits: Limits = Limits(), type_map: TypeMap = DEFAULT_TYPE_MAP, *,
+         keep: Keep | None = None) -> Walk:
+    """Every part of `raw` within `limits`; each part's own bytes to `keep`, if given
+    (module doc). Never raises (unless `keep` does)."""
     started = time.monotonic()
-    walker = _Walker(raw, limits, type_map, started)
+    walker = _Walker(raw, limits, type_map, started, keep)
     try:
         walker.run()
     except Exception as exc:  # the walk's one catch-all: decoding must never raise out
         walker.problems.append(Problem("error", walker.current, f"{type(exc).__name__}: {exc}"))
     finally:
         walker.close()
-    return Walk(tuple(walker.parts), tuple(walker.problems), (time.monotonic() - started) * 1000)
+    return Walk(tuple(walker.parts), tuple(walker.problems), (time.monotonic() - started) * 1000,
+                tuple(sorted(walker.ran.items())))
 
 
 # --- the traversal -------------------------------------------------------------------
@@ -173,6 +193,7 @@ class _Walker:
     limits: Limits
     type_map: TypeMap
     started: float
+    keep: Keep | None = None
     parts: list[Part] = field(default_factory=list)
     problems: list[Problem] = field(default_factory=list)
     current: str | None = None  # the part being looked at, for the catch-all
@@ -180,6 +201,7 @@ class _Walker:
     stopped: bool = False
     stack: list[_Frame] = field(default_factory=list)
     stops_reported: set[str] = field(default_factory=set)
+    ran: dict[str, int] = field(default_factory=dict)  # decoder -> times it ran (Walk.decoders)
 
     def __post_init__(self) -> None:
         self.deadline = self.started + self.limits.deadline_s
@@ -248,12 +270,18 @@ class _Walker:
         subs = mime.children(entity)
         if subs is not None:
             self.parts.append(Part(path, depth_path, name, declared, None, None, 0))
+            if self.keep is not None and (outside := mime.outside_parts(entity)):
+                self.keep(path, outside)
             return (_Node(entity=sub) for sub in subs)
         data = mime.content(entity)
         entity.set_payload(None)  # the encoded text is not needed again: free it before the children
         if mime.encoded_message(entity):
             self.parts.append(Part(path, depth_path, name, declared, None, None, len(data)))
-            return self._nested(data, path, depth_path) if self._spend(path, len(data)) else None
+            if not self._spend(path, len(data)):
+                return None
+            if self.keep is not None:
+                self.keep(path, data)
+            return self._nested(data, path, depth_path)
         return self._leaf(path, depth_path, name, declared, data)
 
     def _leaf(self, path: str, depth_path: str, name: str | None, declared: str | None, data: bytes):
@@ -261,6 +289,8 @@ class _Walker:
         self.parts.append(Part(path, depth_path, name, declared, short, description, len(data)))
         if not self._spend(path, len(data)):
             return None
+        if self.keep is not None:
+            self.keep(path, data)
         text = short in _TEXT or (declared or "").startswith("text/")
         if short == "mail":
             nested = self._nested(data, path, depth_path)
@@ -269,14 +299,29 @@ class _Walker:
         elif text and mime.mbox_starts(data):
             return self._mbox(data, path, depth_path)
         if archives.readable(short):
+            self._ran(short)
             items = archives.members(data, short, name, self.limits.max_member_ratio, self._room)
             return self._members(items, path)
         if short == "tnef":
+            self._ran("tnef")
             return self._members(tnef.members(data, self.deadline), path)
         if text:
-            uu = (_Node(data=content, name=uu_name) for uu_name, content in mime.uu_blocks(data))
-            return itertools.chain(uu, self._members(binhex.members(data, self._room), path))
+            blocks = self._counted("uue", mime.uu_blocks(data))
+            uu = (_Node(data=content, name=uu_name) for uu_name, content in blocks)
+            return itertools.chain(uu, self._members(self._counted("hqx", binhex.members(data, self._room)), path))
         return None
+
+    def _ran(self, decoder: str) -> None:
+        self.ran[decoder] = self.ran.get(decoder, 0) + 1
+
+    def _counted(self, decoder: str, items: Iterator):
+        """`items`, counting one run of `decoder` when the first of them comes."""
+        first = True
+        for item in items:
+            if first:
+                self._ran(decoder)
+                first = False
+            yield item
 
     def _room(self) -> int:
         """Bytes the walk may still decode."""
@@ -296,6 +341,7 @@ class _Walker:
 
     def _mbox(self, data: bytes, path: str, depth_path: str) -> Iterator[_Node]:
         """Each message of an mbox file, one level below `path`."""
+        self._ran("mbox")
         for message in mime.mbox_messages(data):
             nested = self._nested(message, path, depth_path)
             if nested is not None:
@@ -304,6 +350,7 @@ class _Walker:
     def _nested(self, data: bytes, path: str, depth_path: str) -> Iterator[_Node] | None:
         """`data` as a message one level below `path`, if it is one."""
         base_depth = depth_path.count("/") + 1
+        self._ran("mime")
         try:
             root = mime.nested_message(data, *self._parse_caps(base_depth), self.deadline)
         except mime.ParseStopped as stop:
@@ -312,6 +359,7 @@ class _Walker:
         return iter([_Node(entity=root)]) if root is not None else None
 
     def _parse(self, raw: bytes, base_depth: int, owner: str | None) -> Message | None:
+        self._ran("mime")
         try:
             return mime.parse(raw, *self._parse_caps(base_depth), self.deadline)
         except mime.ParseStopped as stop:

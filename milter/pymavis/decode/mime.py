@@ -362,6 +362,14 @@ def children(entity: Message) -> list[Message] | None:
     return payload
 
 
+def outside_parts(entity: Message) -> bytes:
+    """A multipart's preamble and epilogue (the text before its first boundary and after
+    its last), as bytes; b"" when both are empty or only white space. Mail readers do not
+    show it, but it is in the message, and clamd scanning the whole message sees it."""
+    texts = [t for t in (entity.preamble, entity.epilogue) if t and t.strip()]
+    return "\r\n".join(texts).encode("ascii", "surrogateescape") if texts else b""
+
+
 def encoded_message(entity: Message) -> bool:
     """A message/* entity whose body is transfer-encoded (rfc822 inside base64)."""
     cte = str(entity.get("content-transfer-encoding", "")).strip().lower()
