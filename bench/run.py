@@ -1137,29 +1137,35 @@ def machine_info() -> dict[str, str]:
     }
 
 
-def render_pass_through(args, run: ProfileRun) -> tuple[list[str], bool, list[str]]:
-    phases, titles = run.phases, run.titles
-    target_lines, ok, warnings = verdicts(run)
-    mix = ", ".join(f"{share}% {label}" for label, _, share in sender.SIZE_MIX)
-    out = [
+def medians_section(args, run: ProfileRun, parameters: str, target_lines: list[str]) -> list[str]:
+    """A profile's section: its parameters (the common ones, then `parameters`), run time,
+    the table of medians against the null milter, and its target lines."""
+    return [
         f"### {run.profile.title}",
         "",
-        f"- Parameters: {run.messages} messages per phase, concurrency {args.concurrency}, "
-        f"{args.reps} repetitions (interleaved, order rotated), warm-up {warmup_of(args, run.profile)} messages per "
-        f"variant, size mix {mix} (seeded shuffle), one recipient, one message per connection; "
-        f"sender bench/sender.py ({args.sender_workers or os.cpu_count()} processes); "
-        f"baseline null milter = tests/harness/nullmilter.py --no-headers; pymavis with the shipped "
-        f"configuration (policies/, state_dir moved to a temp dir)",
+        f"- Parameters: {run.messages} messages per phase, concurrency {args.concurrency}, {args.reps} "
+        f"repetitions (interleaved, order rotated), warm-up {warmup_of(args, run.profile)} messages per variant, "
+        f"{parameters}",
         f"- Run time: {run.duration_s / 60:.1f} min",
         "",
         f"Medians of {args.reps} repetitions; \"x null\" is the ratio to the null milter in this run:",
         "",
-        *main_table(phases, titles),
+        *main_table(run.phases, run.titles),
         "",
         "Targets:",
         "",
         *target_lines,
     ]
+
+
+def render_pass_through(args, run: ProfileRun) -> tuple[list[str], bool, list[str]]:
+    phases, titles = run.phases, run.titles
+    target_lines, ok, warnings = verdicts(run)
+    mix = ", ".join(f"{share}% {label}" for label, _, share in sender.SIZE_MIX)
+    out = medians_section(args, run, f"size mix {mix} (seeded shuffle), one recipient, one message per connection; "
+                          f"sender bench/sender.py ({args.sender_workers or os.cpu_count()} processes); "
+                          f"baseline null milter = tests/harness/nullmilter.py --no-headers; pymavis with the "
+                          f"shipped configuration (policies/, state_dir moved to a temp dir)", target_lines)
     if [p for p in phases if p.sender == "smtp-source"]:
         alone = medians(phases, "postfix")["msgs_per_s"]
         rows = {k: medians(phases, k, "smtp-source") for k in titles}
@@ -1175,7 +1181,7 @@ def render_pass_through(args, run: ProfileRun) -> tuple[list[str], bool, list[st
 
 def render_observe(args, run: ProfileRun) -> tuple[list[str], bool, list[str]]:
     """bench/observe.py's targets: full logging's throughput, DKIM's CPU per message."""
-    phases, titles = run.phases, run.titles
+    phases = run.phases
     base = medians(phases, "pymavis")
     logging_, verify, sign = (medians(phases, k) for k in ("pymavis-logging", "pymavis-verify", "pymavis-sign"))
     tp = logging_["msgs_per_s"] / base["msgs_per_s"]
@@ -1191,22 +1197,8 @@ def render_observe(args, run: ProfileRun) -> tuple[list[str], bool, list[str]]:
                f"- DKIM signing RSA-2048: {sign_ms:.2f} ms pymavis CPU per message over pymavis as shipped "
                f"{'<=' if sign_ms <= observe.TARGET_SIGN_MS else '>'} target {observe.TARGET_SIGN_MS:g} ms")]
     mix = ", ".join(f"{share}% {label}" for label, _, share in sender.SIZE_MIX)
-    out = [
-        f"### {run.profile.title}",
-        "",
-        f"- Parameters: {run.messages} messages per phase, concurrency {args.concurrency}, {args.reps} "
-        f"repetitions (interleaved, order rotated), warm-up {warmup_of(args, run.profile)} messages per variant, "
-        f"size mix {mix}; variants and method: bench/observe.py",
-        f"- Run time: {run.duration_s / 60:.1f} min",
-        "",
-        f"Medians of {args.reps} repetitions; \"x null\" is the ratio to the null milter in this run:",
-        "",
-        *main_table(phases, titles),
-        "",
-        "Targets:",
-        "",
-        *[f"{line}: {'met' if met else 'MISSED'}" for met, line in checks],
-    ]
+    out = medians_section(args, run, f"size mix {mix}; variants and method: bench/observe.py",
+                          [f"{line}: {'met' if met else 'MISSED'}" for met, line in checks])
     return out, all(met for met, _ in checks), disturbed_warning(phases)
 
 

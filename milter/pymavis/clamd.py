@@ -159,6 +159,11 @@ class ScanReply:
         """The reported names that mean "could not look inside" (is_heuristic_unchecked)."""
         return tuple(name for name in self.infected if is_heuristic_unchecked(name))
 
+    @property
+    def viruses(self) -> tuple[str, ...]:
+        """The reported names that are findings, not "could not look inside"."""
+        return tuple(name for name in self.infected if not is_heuristic_unchecked(name))
+
 
 def parse_socket_spec(spec: str) -> SocketSpec:
     """netclient.parse_socket_spec, naming clamd in its error."""

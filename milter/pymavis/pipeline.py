@@ -146,6 +146,8 @@ def process(config, policy, txn, checks=None, *, keep_blocked: bool = True) -> R
         reply = Reply("451", "4.3.0", f"Temporary lookup failure, id={txn.mail_id}")
         return Result(Outcome(Action.TEMPFAIL, reply, lookup_error=str(exc)), (), tuple(results), tuple(timings), scan,
                       scan.policy)
+    finally:
+        scan.release_contents()   # the parts' bytes (method parts), also when the virus check did not run
     policy, rcpt_settings = scan.policy, scan.rcpt_settings
     findings = tuple(scan.found)
     tempfail = next((r.tempfail for r in results if r.tempfail), None)

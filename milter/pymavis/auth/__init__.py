@@ -77,13 +77,7 @@ class Results:
         parts = []
         if self.dkim is not None:
             parts.append("dkim=" + (",".join(f"{r.result}:{r.domain}" for r in self.dkim) or "none"))
-        if self.spf is not None:
-            parts.append(f"spf={self.spf.result}")
-        if self.dmarc is not None:
-            parts.append(f"dmarc={self.dmarc.result}")
-        if self.arc is not None:
-            parts.append(f"arc={self.arc.result}")
-        return " ".join(parts)
+        return " ".join(parts + self._single())
 
     def keys(self) -> frozenset[str]:
         """"method=result" for every result found: dkim=pass when any signature passed,
@@ -93,13 +87,13 @@ class Results:
             keys.update(f"dkim={r.result}" for r in self.dkim)
             if not self.dkim:
                 keys.add("dkim=none")
-        if self.spf is not None:
-            keys.add(f"spf={self.spf.result}")
-        if self.dmarc is not None:
-            keys.add(f"dmarc={self.dmarc.result}")
-        if self.arc is not None:
-            keys.add(f"arc={self.arc.result}")
+        keys.update(self._single())
         return frozenset(keys)
+
+    def _single(self) -> list[str]:
+        """"method=result" of the methods with one result (SPF, DMARC, ARC) that were checked."""
+        return [f"{method}={r.result}" for method, r in (("spf", self.spf), ("dmarc", self.dmarc), ("arc", self.arc))
+                if r is not None]
 
 
 def authenticate(message: bytes, facts: Facts, settings: Settings, lookup: Lookup) -> Results:

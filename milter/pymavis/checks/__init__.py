@@ -89,7 +89,7 @@ class Scan:
     found: list = field(default_factory=list)  # findings of the checks that ran so far
     decoded: bool = field(default=False, init=False)
     # the parts' decoded bytes, kept by the walk when a virus scanner has method `parts`
-    # (wants_contents); the virus check closes it (release_contents)
+    # (wants_contents); the virus check closes it (release_contents), the pipeline again after the checks
     contents: Contents | None = field(default=None, init=False, repr=False)
     _walk: Walk | None = field(default=None, init=False, repr=False)
 

@@ -185,7 +185,7 @@ def _scan_parts(scanner: Scanner, scan) -> clamd.ScanReply:
                      labels.get(where, f"P=p001,{where}"), ", ".join(reply.infected))
             names.extend(n for n in reply.infected if n not in names)
             found_in.extend((n, where) for n in reply.infected)
-            if len(reply.infected) > len(reply.unchecked):
+            if reply.viruses:
                 break    # a virus: this scanner's answer is infected
     if over and all(clamd.is_heuristic_unchecked(n) for n in names):
         raise _OverLimit("; ".join(over))
@@ -227,8 +227,7 @@ def _timed(calls: list, scanner: Scanner, scan, answers: list, failures: list) -
     failed = len(failures)
     reply = _run(scanner, scan, answers, failures)
     if reply is not None:
-        outcome = ("infected" if len(reply.infected) > len(reply.unchecked) else "unchecked" if reply.unchecked
-                   else "clean")
+        outcome = "infected" if reply.viruses else "unchecked" if reply.unchecked else "clean"
     else:
         outcome = "over_limits" if failures[failed:] and failures[-1][1] == "over limits" else "failed"
     calls.append(ScannerCall("virus", scanner.name, outcome, _ms(started)))
