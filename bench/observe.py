@@ -5,7 +5,9 @@ messages, each with a DKIM-Signature field of sender.example.org, selector s1, w
 hash and signature are random) through Postfix with pymavis in five variants, measured in
 the same run: + null milter (the baseline), + pymavis as shipped (logging off), + pymavis
 with full logging (a JSON event per message to a file, the SQL log in SQLite, Prometheus
-metrics on a loopback port), + pymavis with DKIM verification and the Authentication-
+metrics on a loopback port), + pymavis with each of the first two alone (for information:
+the counters behind the metrics are kept in every variant, only the HTTP endpoint is
+extra, and nobody scrapes it here), + pymavis with DKIM verification and the Authentication-
 Results field (`dkim_verify: true`; the key of s1 served by tests/harness/fakedns.py, so
 every message's signature is checked: canonicalization and body hash over the whole
 message, the key fetched and parsed; the random body hash fails before the RSA step,
@@ -49,11 +51,18 @@ class Keys:
         self.dns.__exit__(None, None, None)
 
 
+VARIANTS = ("pymavis-logging", "pymavis-json", "pymavis-sql", "pymavis-verify", "pymavis-sign")
+
+
 def variant_settings(key: str, keys: Keys) -> tuple[dict, dict, str]:
     """(top-level settings, default-policy settings, why) of an observe variant."""
     if key == "pymavis-logging":
         return ({"event_log": "{target: file}", "sql_log": "{enabled: true}",
                  "metrics": f'{{listen: "127.0.0.1:{free_port()}"}}'}, {}, "observe profile, full logging")
+    if key == "pymavis-json":
+        return {"event_log": "{target: file}"}, {}, "observe profile, JSON events only"
+    if key == "pymavis-sql":
+        return {"sql_log": "{enabled: true}"}, {}, "observe profile, SQL log only"
     if key == "pymavis-verify":
         return ({"dns": f'{{resolver: "{keys.dns.spec}", timeout_s: 2}}'}, {"dkim_verify": "true"},
                 "observe profile, DKIM verify + A-R")

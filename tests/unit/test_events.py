@@ -245,6 +245,10 @@ class ListSink:
     def write(self, line):
         self.lines.append(line)
 
+    def write_lines(self, lines):
+        for line in lines:
+            self.write(line)
+
     def close(self):
         pass
 
@@ -313,8 +317,8 @@ def test_a_failing_sink_is_logged_and_never_raises(tmp_path, caplog):
     with pytest.raises(events.SinkError, match="cannot open the event log .*missing/dir/ev.jsonl"):
         log.open_check(config)
     with caplog.at_level(logging.ERROR, logger="pymavis"):
-        assert log.emit(config, {"mail_id": "m1"}) and log.emit(config, {"mail_id": "m2"})
-        assert log.flush()
+        for mail_id in ("m1", "m2"):   # two batches, two failures
+            assert log.emit(config, {"mail_id": mail_id}) and log.flush()
     assert log.failed == 2 and log.written == 0
     errors = [r.getMessage() for r in caplog.records if "event log" in r.getMessage()]
     assert len(errors) == 1 and "events are dropped until it works (1 so far)" in errors[0]   # once a minute
