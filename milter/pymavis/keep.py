@@ -149,6 +149,18 @@ class Keeper:
         return entry
 
 
+    def discard(self, entry: sqlstore.QEntry) -> None:
+        """Remove a message's index entry, then its files (local copies): a failure in
+        between leaves an orphan file (`quarantine orphans`), never an entry whose copy is
+        gone. Held mail stays with the MTA. Raises sqlstore.StoreError, OSError."""
+        self.db.delete(entry.mail_id)
+        for r in entry.rcpts:
+            if r.quar_type == "F":
+                path = self.dir / r.quar_loc
+                path.unlink(missing_ok=True)
+                path.with_name(f"{entry.mail_id}.json").unlink(missing_ok=True)
+
+
 def database_url(state_dir: str) -> str:
     return f"sqlite:///{os.path.abspath(os.path.join(state_dir, 'pymavis.db'))}"
 

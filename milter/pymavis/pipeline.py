@@ -30,7 +30,11 @@ check's (checks/spam.py). The policy the message was decided under is Result.pol
 
 Blocked recipients' copies are kept (keep.py) before the answer and before the passed
 recipients' edits and re-submissions; when that fails the answer is TEMPFAIL (QUARANTINE
-FAILED logged), so the MTA keeps the message and nothing was sent on. Notices
+FAILED logged), so the MTA keeps the message and nothing was sent on. A bank with
+`sql_log_failure_is_fatal` writes its SQL log row at the same point, for the same reason.
+When the re-submission then fails before anything was sent (TEMPFAIL: the MTA offers the
+message again, under a new mail_id), the copy kept for this attempt is removed and its row
+says TEMPFAIL. Notices
 (notify.py) are queued to disk after that and sent by the outbox's own thread.
 
 Test hooks (environment, tests only): with PYMAVIS_FAULT_INJECT=MARKER a message whose
@@ -167,27 +171,56 @@ def process(config, policy, txn, checks=None, *, keep_blocked: bool = True) -> R
         auth_view = auth_mod.with_disposition(auth_view, auth_view.dmarc.action)
     timings.append(("decide", (time.monotonic() - t2) * 1000))
     keeping = outcome.action is not Action.TEMPFAIL and config is not None and keep_blocked
+    kept = None
+    # Both before any re-submission: a keep, or a row of a bank with sql_log_failure_is_fatal,
+    # that fails answers TEMPFAIL, and the MTA's retry must not deliver again what went out.
+    row_first = keeping and policy.sql_log_failure_is_fatal and sqllog.sql_log(config) is not None
     if keeping:
-        # before any re-submission: a keep that fails answers TEMPFAIL, and the MTA's retry
-        # must not deliver again what was re-submitted
         progress.entering(progress.QUARANTINE)
         t3 = time.monotonic()
-        outcome = _keep(config, policy, txn, outcome, rcpt_settings, spam_view)
+        outcome, kept = _keep(config, policy, txn, outcome, rcpt_settings, spam_view)
         timings.append(("quarantine", (time.monotonic() - t3) * 1000))
+    if row_first:
+        outcome = _sql_log(config, policy, txn, outcome, spam_view)
     if outcome.action is Action.CONTINUE and not outcome.quarantine_reason:   # not held: edits, re-submission
         t4 = time.monotonic()
         scanned = any(r.scanned_by for r in results)
         outcome = dataclasses.replace(_pass_edits(config, policy, txn, outcome, findings, scanned, spam_view,
                                                   auth_view), quarantined=outcome.quarantined)
         timings.append(("edits", (time.monotonic() - t4) * 1000))
+        if outcome.action is Action.TEMPFAIL:   # the re-submission failed, nothing went out
+            outcome = _retracted(config, policy, txn, outcome, kept, row_first, spam_view)
     if keeping:
         if outcome.action is not Action.TEMPFAIL:
             try:
                 notices.send_notices(config, policy, txn, outcome, findings, rcpt_settings, spam_view)
             except Exception:   # a notice must never change the answer: the message is safe
                 log.exception("mail_id %s: building notices failed", txn.mail_id)
-        outcome = _sql_log(config, policy, txn, outcome, spam_view)
+        if not row_first:
+            outcome = _sql_log(config, policy, txn, outcome, spam_view)
     return Result(outcome, findings, tuple(results), tuple(timings), scan, policy)
+
+
+def _retracted(config, policy, txn, outcome: Outcome, kept, row_written: bool, spam_view) -> Outcome:
+    """This attempt answered TEMPFAIL after its copy was kept or its row written: the MTA
+    offers the message again (a new mail_id, kept and logged again then), so this attempt's
+    copy goes and its row says TEMPFAIL. Best effort: a failure is logged, the answer stays."""
+    if kept is not None:
+        try:
+            keep.keeper(config).discard(kept)
+        except (sqlstore.StoreError, OSError) as exc:
+            log.error("mail_id %s: answered TEMPFAIL, but its quarantined copy could not be removed (the "
+                      "MTA's retry is kept again): %s", txn.mail_id, exc)
+            return outcome
+        log.info("mail_id %s: quarantined copy removed: the message is answered TEMPFAIL and comes again",
+                 txn.mail_id)
+        outcome = dataclasses.replace(outcome, quarantined="")
+    if row_written and outcome.decisions:
+        try:
+            sqllog.sql_log(config).write_now(sqllog.entry_for(config, policy, txn, outcome, spam_view), replace=True)
+        except sqlstore.StoreError as exc:
+            log.error("mail_id %s: the SQL log row could not be changed to TEMPFAIL: %s", txn.mail_id, exc)
+    return outcome
 
 
 def _after_auth(config, scan, view) -> Outcome | None:
@@ -244,28 +277,29 @@ def _sql_log(config, policy, txn, outcome: Outcome, spam_view) -> Outcome:
     return outcome
 
 
-def _keep(config, policy, txn, outcome: Outcome, rcpt_settings, spam_view) -> Outcome:
-    """Blocked recipients' copies stored before the answer (keep.py); TEMPFAIL when that fails."""
+def _keep(config, policy, txn, outcome: Outcome, rcpt_settings, spam_view) -> tuple[Outcome, object]:
+    """Blocked recipients' copies stored before the answer (keep.py); TEMPFAIL when that
+    fails. (outcome, the index entry written or None)."""
     copies, hold = keep.plan(policy, outcome.decisions, rcpt_settings, spam_view)
     if not copies:
-        return outcome
+        return outcome, None
     if getattr(txn.spool, "truncated", False):
         log.error("mail_id %s: not quarantined: only the first %d of %d bytes were kept (over the storage limit)",
                   txn.mail_id, txn.spool.stored, txn.spool.size)
-        return outcome
+        return outcome, None
     reasons = keep.reasons_for(outcome.decisions)
     try:
-        keep.keeper(config).keep(txn, policy, outcome, copies, reasons, spam_view, held=hold)
+        entry = keep.keeper(config).keep(txn, policy, outcome, copies, reasons, spam_view, held=hold)
     except keep.KeepFailed as exc:
         log.error("mail_id %s: QUARANTINE FAILED, answering TEMPFAIL: %s", txn.mail_id, exc)
         reply = Reply("451", "4.3.0", f"Temporary failure keeping the message, try again later, id={txn.mail_id}")
-        return Outcome(Action.TEMPFAIL, reply, decisions=outcome.decisions, quarantine_failed=str(exc))
+        return Outcome(Action.TEMPFAIL, reply, decisions=outcome.decisions, quarantine_failed=str(exc)), None
     where = ", ".join(f"{c.method}:{c.location}" if c.location else c.method for c in copies)
     if hold:
         category, reason = reasons[outcome.decisions[0].rcpt]
         return Outcome(Action.CONTINUE, quarantine_reason=f"pymavis {txn.mail_id}: {reason}",
-                       decisions=outcome.decisions, quarantined=where)
-    return dataclasses.replace(outcome, quarantined=where)
+                       decisions=outcome.decisions, quarantined=where), entry
+    return dataclasses.replace(outcome, quarantined=where), entry
 
 
 def _pass_edits(config, policy, txn, outcome: Outcome, findings, scanned: bool, spam_view,

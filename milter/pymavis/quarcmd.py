@@ -85,23 +85,11 @@ def cmd_delete(config, args) -> int:
     keeper = keep.keeper(config)
     for mail_id in args.mail_ids:
         try:
-            _delete(keeper, keeper.db.entry(mail_id))
+            keeper.discard(keeper.db.entry(mail_id))
         except (sqlstore.StoreError, OSError) as exc:
             return _fail(str(exc))
         print(f"deleted {mail_id}")
     return 0
-
-
-def _delete(keeper: keep.Keeper, entry: sqlstore.QEntry) -> None:
-    """The message's index entry, then its files (local copies): a failure in between leaves
-    an orphan file (`quarantine orphans`), never an entry whose copy is gone. Held mail
-    stays with the MTA."""
-    keeper.db.delete(entry.mail_id)
-    for r in _kept(entry):
-        if r.quar_type == "F":
-            path = keeper.dir / r.quar_loc
-            path.unlink(missing_ok=True)
-            path.with_name(f"{entry.mail_id}.json").unlink(missing_ok=True)
 
 
 def cmd_expire(config, args) -> int:
@@ -111,7 +99,7 @@ def cmd_expire(config, args) -> int:
         old = keeper.db.entries(older_than=cutoff)
         progress = _Progress(len(old), "expiring")
         for entry in old:
-            _delete(keeper, entry)
+            keeper.discard(entry)
             progress.step()
         progress.done()
     except (sqlstore.StoreError, OSError) as exc:

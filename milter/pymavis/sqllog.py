@@ -60,15 +60,20 @@ class SqlLog:
                                 len(self._pending), self.dropped)
                 return False
             self._pending.append(entry)
-            self._cond.notify_all()
+            if len(self._pending) in (1, BATCH):   # a batch begins or is full: wake the writer, else let it linger
+                self._cond.notify_all()
             if self._thread is None:
                 self._thread = threading.Thread(target=self._run, name="pymavis-sqllog", daemon=True)
                 self._thread.start()
         return True
 
-    def write_now(self, entry: sqlstore.QEntry) -> None:
-        """Commit `entry` before returning. Raises sqlstore.StoreError."""
-        self.db.put(entry)
+    def write_now(self, entry: sqlstore.QEntry, *, replace: bool = False) -> None:
+        """Commit `entry` (`replace`: instead of the rows of its mail_id) before returning.
+        Raises sqlstore.StoreError."""
+        if replace:
+            self.db.replace(entry)
+        else:
+            self.db.put(entry)
         with self._cond:
             self.written += 1
 

@@ -262,6 +262,14 @@ class Database:
         with self._transaction(f"store mail_id {entry.mail_id}") as conn:
             self._put(conn, [entry], source)
 
+    def replace(self, entry: QEntry) -> None:
+        """The rows of entry's mail_id (if any) replaced by `entry`'s (no message bytes), in one
+        transaction."""
+        self._check(entry, None)
+        with self._transaction(f"replace mail_id {entry.mail_id}") as conn:
+            self._delete(conn, [_id(entry.mail_id)])
+            self._put(conn, [entry], None)
+
     def put_many(self, entries: list[QEntry]) -> None:
         """Store `entries` (no message bytes) in one transaction: all or none (the SQL log's
         batches: one commit, one fsync, one statement per table for what queued up while the

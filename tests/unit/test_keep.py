@@ -270,3 +270,45 @@ policy:
     assert result.outcome.action is Action.CONTINUE and result.outcome.quarantined == "local:."
     got = sink.wait_for(1)                     # the minority group, re-submitted once the copy was kept
     assert [m.rcpt_tos for m in got if m.mail_from == "a@example.org"] == [("allowed@example.com",)]
+
+
+SPLIT_POLICY = """policy:
+  final_banned_destiny: bounce
+  banned_files_lovers: [lover@example.com]
+  banned_filename_maps: {"allowed@example.com": "ALLOW_EXE,DEFAULT", ".": DEFAULT}
+"""
+SPLIT_RCPTS = ("lover@example.com", "allowed@example.com", "bob@example.com")
+
+
+def test_a_failed_re_submission_removes_the_kept_copy_and_logs_tempfail(tmp_path, sink):
+    """Nothing went out and the MTA offers the message again under a new mail_id: the copy
+    kept for this attempt would be a second one, so it goes; the SQL log row says TEMPFAIL."""
+    from pymavis import sqllog, sqlstore
+    config = kept_config(tmp_path, sink, "sql_log: {enabled: true}\n" + SPLIT_POLICY)
+    sink.set_reply("451 4.3.0 not now", count=1, stage="eom")
+    txn, result = process(config, BANNED, SPLIT_RCPTS)
+    assert result.outcome.action is Action.TEMPFAIL and not result.outcome.quarantined
+    assert [m for m in sink.messages if m.mail_from == "a@example.org"] == []
+    with pytest.raises(sqlstore.StoreError, match="no quarantined message"):
+        keep.keeper(config).db.entry(txn.mail_id)
+    assert not [p for p in (tmp_path / "quarantine").rglob("*") if p.is_file()]
+    assert sqllog.sql_log(config).flush(10)
+    logged = sqllog.sql_log(config).db
+    with logged.engine.connect() as conn:
+        ds = {r.ds for r in conn.execute(sqlstore.msgrcpt.select())}
+    assert ds == {"T"}
+    sqllog.stop_all()
+
+
+def test_a_row_that_must_be_written_first_is_written_before_re_submission(tmp_path, sink):
+    """sql_log_failure_is_fatal: the row is written before anything is re-submitted, so a
+    database that is away answers TEMPFAIL with nothing sent (the retry sends nothing twice)."""
+    from pymavis import sqllog
+    (tmp_path / "db").write_text("")
+    config = kept_config(tmp_path, sink, f"sql_log: {{enabled: true, database: 'sqlite:///{tmp_path}/db/x.db'}}\n"
+                         + SPLIT_POLICY.replace("policy:\n", "policy:\n  sql_log_failure_is_fatal: true\n"
+                                                "  quarantine_method: {BANNED: none}\n"))
+    txn, result = process(config, BANNED, SPLIT_RCPTS)
+    assert result.outcome.action is Action.TEMPFAIL and result.outcome.reply.code == "451"
+    assert sink.messages == []
+    sqllog.stop_all()
