@@ -282,7 +282,8 @@ class PymavisMilter(Milter.Base):
         conn = self.conn or Connection(ctx_id, None, None, None, None, (), time.time())
         s = self.config.settings
         self.builder = TransactionBuilder(conn, mail_from, params, macros,
-                                          s["milter"]["spool_memory_bytes"], self.app.tmp_dir)
+                                          s["milter"]["spool_memory_bytes"], self.app.tmp_dir,
+                                          digest_body=s["event_log"]["target"] != "none")
         self.mail_id = self.builder.mail_id
         self.serial = self.app.board.begin(self.entry, ctx_id, self.mail_id)
         conn_macros = dict(conn.macros)

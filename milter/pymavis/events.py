@@ -3,7 +3,10 @@ JSON-lines file, stdout or syslog (`event_log:`), so an existing Logstash/Elasti
 pipeline for amavis keeps working.
 
 `build(config, policy, txn, result, outcome, elapsed_ms)` is a pure function of what the
-milter knew once it had answered (plus a digest of the body read from the spool); the
+milter knew once it had answered (plus a digest of the body, hashed as it arrived or read
+from the spool); raw 8-bit envelope text in it (surrogate escapes) is made valid UTF-8 when
+the event is written (`valid_text`: UTF-8 where it is, U+FFFD where not), only for the rare
+line that needs it; the
 fields and their meaning are in docs/observability.md, their shape in
 docs/event.schema.json. As in amavis, a field with nothing to say is left out (a missing
 boolean is false), times are seconds with three decimals, the per-recipient `action` is
@@ -41,6 +44,7 @@ import hashlib
 import json
 import collections
 import logging.handlers
+import math
 import os
 import re
 import sys
@@ -123,13 +127,26 @@ def build(config, policy, txn, result, outcome, elapsed_ms: float, *, log_id: st
     if result is not None:
         event.update(_from_result(result, spam))
     event["elapsed"] = elapsed(txn, result, elapsed_ms)
-    return _valid_text({k: v for k, v in event.items() if v not in (None, [], {})})
+    return {k: v for k, v in event.items() if v not in (None, [], {})}
 
 
 _SURROGATE = re.compile("[\ud800-\udfff]")
+_JSON_SEPARATORS = (",", ":")
 
 
-def _valid_text(value):
+def json_line(event: dict) -> str:
+    """The event as one line of JSON that is valid UTF-8 (never a lone surrogate, which
+    Elasticsearch refuses)."""
+    line = json.dumps(event, ensure_ascii=False, separators=_JSON_SEPARATORS)
+    if not line.isascii():
+        try:
+            line.encode("utf-8")
+        except UnicodeEncodeError:
+            line = json.dumps(valid_text(event), ensure_ascii=False, separators=_JSON_SEPARATORS)
+    return line
+
+
+def valid_text(value):
     """`value` with every string valid Unicode: raw 8-bit text from the MTA (surrogate
     escapes) read as UTF-8 where it is, U+FFFD where it is not (never invalid UTF-8 in the
     JSON, which Elasticsearch would refuse)."""
@@ -141,9 +158,9 @@ def _valid_text(value):
         except UnicodeEncodeError:
             return value.encode("utf-8", "replace").decode("utf-8")
     if isinstance(value, dict):
-        return {k: _valid_text(v) for k, v in value.items()}
+        return {k: valid_text(v) for k, v in value.items()}
     if isinstance(value, list):
-        return [_valid_text(v) for v in value]
+        return [valid_text(v) for v in value]
     return value
 
 
@@ -289,9 +306,13 @@ def elapsed(txn, result, elapsed_ms: float) -> dict:
 
 def digest_body(spool) -> str | None:
     """MD5 of the body (after the header section) as stored, amavis's digest_body; None
-    when the message was not stored whole (or the spool cannot be read)."""
+    when the message was not stored whole (or the spool cannot be read). The milter hashes
+    the body as it arrives when events are on (TransactionBuilder digest_body); else the
+    spool is read again."""
     if getattr(spool, "truncated", False):
         return None
+    if getattr(spool, "body_md5", None) is not None:   # hashed as the body arrived
+        return spool.body_md5.hexdigest()
     digest = hashlib.md5(usedforsecurity=False)
     try:
         head = spool.read_head()
@@ -319,7 +340,13 @@ def _int(text) -> int | None:
 
 
 def _iso(t: float) -> str:
-    return datetime.datetime.fromtimestamp(t, datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+    seconds = math.floor(t)
+    us = round((t - seconds) * 1_000_000)   # as datetime: to the microsecond (half to even), then cut
+    if us == 1_000_000:
+        seconds, us = seconds + 1, 0
+    g, ms = time.gmtime(seconds), us // 1000
+    return (f"{g.tm_year:04d}-{g.tm_mon:02d}-{g.tm_mday:02d}T{g.tm_hour:02d}:{g.tm_min:02d}:{g.tm_sec:02d}"
+            f".{ms:03d}Z")
 
 
 def _week_date(t: float) -> str:
@@ -374,16 +401,19 @@ def address_list(values: list[str]) -> list[str]:
 
 
 class _Headers:
+    """The header fields by lower-cased name (one pass over them for all the event's fields)."""
+
     def __init__(self, txn):
-        self.txn = txn
+        self.by_name: dict[str, list[str]] = {}
+        for k, v in txn.headers:
+            self.by_name.setdefault(k.lower(), []).append(v)
 
     def text(self, name: str) -> str | None:
-        value = self.txn.header(name)
-        return clean_text(value) if value is not None else None
+        values = self.by_name.get(name.lower())
+        return clean_text(values[0]) if values else None
 
     def addresses(self, name: str) -> list[str]:
-        name = name.lower()
-        values = [v for k, v in self.txn.headers if k.lower() == name]
+        values = self.by_name.get(name.lower())
         if not values:
             return []
         return list(dict.fromkeys(address_list([clean_text(v, 10000, words=False) for v in values])))[:MAX_NAMES]
@@ -646,7 +676,7 @@ class EventLog:
         lines: dict[tuple, list[str]] = {}
         for key, event in batch:
             try:
-                lines.setdefault(key, []).append(json.dumps(event, ensure_ascii=False, separators=(",", ":")))
+                lines.setdefault(key, []).append(json_line(event))
             except Exception:   # noqa: BLE001 - the writer thread must live on
                 self._count("failed", 1)
                 log.exception("writing the JSON event of mail_id %s failed", event.get("mail_id", "-"))

@@ -12,6 +12,7 @@ bytes are counted but not stored (the message is OVERSIZED for all of them anywa
 
 from __future__ import annotations
 
+import hashlib
 import os
 import secrets
 import tempfile
@@ -46,6 +47,7 @@ class Spool:
         self.size = 0          # every byte offered, stored or not
         self.stored = 0        # bytes actually kept
         self.truncated = False  # content checks read this as UNCHECKED, never as clean
+        self.body_md5 = None    # hashlib MD5 of the body bytes stored, when asked for (TransactionBuilder)
 
     def write(self, data: bytes, *, store: bool = True):
         self.size += len(data)
@@ -145,7 +147,7 @@ class TransactionBuilder:
     """Mutable collector owned by one milter connection."""
 
     def __init__(self, conn: Connection, mail_from: str, params: tuple, macros: dict,
-                 spool_memory: int, tmp_dir: str | None):
+                 spool_memory: int, tmp_dir: str | None, *, digest_body: bool = False):
         self.conn = conn
         self.mail_id = new_mail_id()
         self.secret_id = new_secret_id()
@@ -155,6 +157,8 @@ class TransactionBuilder:
         self.rcpts: list[Rcpt] = []
         self.headers: list[tuple[str, str]] = []
         self.spool = Spool(spool_memory, tmp_dir)
+        if digest_body:   # the JSON event's digest_body, hashed as the body arrives (no second read)
+            self.spool.body_md5 = hashlib.md5(usedforsecurity=False)
         self.started = time.monotonic()
         self.declared_size = _size_param(params)
         self.store_limit: int | None = None   # stop storing past this many bytes (None: no cap)
@@ -179,7 +183,10 @@ class TransactionBuilder:
         self.spool.write(eol, store=self._may_store(len(eol)))
 
     def add_body(self, chunk: bytes):
-        self.spool.write(chunk, store=self._may_store(len(chunk)))
+        store = self._may_store(len(chunk))
+        self.spool.write(chunk, store=store)
+        if store and self.spool.body_md5 is not None:
+            self.spool.body_md5.update(chunk)
 
     def _may_store(self, n: int) -> bool:
         return self.store_limit is None or self.spool.size + n <= self.store_limit
