@@ -187,6 +187,16 @@ def test_first_infected_stops_scan(tmp_path, clamd):
     assert Ccat.VIRUS in {f.ccat for f in stopping.findings}
 
 
+def test_first_infected_stops_scan_also_when_the_reply_has_a_heuristic_too(tmp_path):
+    """A virus next to a "could not look inside" name is still a virus: the scan stops."""
+    both = b"stream: Heuristics.Encrypted.Zip FOUND\nstream: Eicar-Test-Signature FOUND\0"
+    with FakeScanner("reply", reply=both) as first, FakeScanner("garbage") as second:
+        entries = scanners(fake_entry(first, "first", "instream"), fake_entry(second, "second", "instream"))
+        result = run(tmp_path, message(), entries + "first_infected_stops_scan: true\n")
+        assert second.accepted == 0
+    assert Ccat.VIRUS in {f.ccat for f in result.findings}
+
+
 @pytest.mark.parametrize("entry,words", [
     ('{name: x, socket: "inet:127.0.0.1:3310", method: fildes}', ["fildes needs a unix: socket"]),
     ('{name: x, socket: "tcp:nowhere"}', ["socket"]),

@@ -249,7 +249,7 @@ def _check(scan, calls: list) -> CheckResult:
     failures: list = []
     for scanner in primaries:
         reply = _timed(calls, scanner, scan, answers, failures)
-        if reply is not None and reply.infected and not reply.unchecked and scan.first_infected_stops_scan:
+        if reply is not None and reply.viruses and scan.first_infected_stops_scan:   # a heuristic beside it: still a virus
             break
     if not answers:
         for scanner in backups:
