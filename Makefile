@@ -15,9 +15,9 @@ RUN_DEBS   := libmilter-dev libmagic1 libarchive13 gcc python3-dev python3-venv
 # Tests: a real Postfix in front (its smtp-sink/smtp-source too), miltertest, zip (encrypted
 # archives), clamav-testfiles (the clam.* containers the decoder must open), clamd and sigtool
 # (clamav-daemon, clamav: a real clamd with a signature database built at test time), spamd
-# (spamd, spamassassin: a real spamd with the rules Debian ships), postgresql (a throwaway
-# cluster for the SQL quarantine tests).
-TEST_DEBS  := postfix miltertest zip clamav-testfiles clamav-daemon clamav spamd spamassassin postgresql opendkim-tools
+# (spamd, spamassassin: a real spamd with the rules Debian ships), postgresql and
+# mariadb-server (a throwaway cluster and server for the SQL quarantine tests).
+TEST_DEBS  := postfix miltertest zip clamav-testfiles clamav-daemon clamav spamd spamassassin postgresql mariadb-server opendkim-tools
 
 export DEBIAN_FRONTEND := noninteractive
 

@@ -25,13 +25,22 @@ Database's partition_tag. mail_id and secret_id are ASCII strings here and bytes
 tables (amavis: bytea); addresses are kept as given (amavis lowercases them) so a release
 goes to exactly the address the MTA named. Text taken from the mail (Subject, From,
 Message-ID, replies, reasons) is cut to its column's 255 characters, as amavis does; a spam
-level is a REAL (single precision on PostgreSQL) and comes back rounded to 3 decimals.
+level is a REAL (single precision on PostgreSQL, FLOAT on MySQL) and comes back rounded to 3
+decimals.
+
+MySQL/MariaDB (mysql+pymysql://, tested with MariaDB 10.11): the column types of amavis's
+README.sql-mysql (VARBINARY ids and addresses, unsigned and BIGINT numbers, FLOAT levels,
+InnoDB tables in utf8mb4) but time_iso, a DATETIME(6) in UTC where amavis has char(16);
+transactions are READ COMMITTED, as on PostgreSQL. A value longer than its column there (a
+mail_id over 16 bytes, an address over 255) is refused: StoreError. MySQL reads a CHAR ' '
+back as '' (msgrcpt.rs before a release); entry() gives ' ' as elsewhere, and SQL's
+`rs = ' '` still matches.
 
 Durability: put() is one transaction, committed (fsynced: SQLite synchronous=FULL,
-PostgreSQL's default) before it returns, so the milter answers only for stored mail. SQLite
-runs in WAL mode; a writing transaction is BEGIN IMMEDIATE, so concurrent writers (the
-milter's worker threads) queue for up to SQLITE_BUSY_MS instead of failing on a lock
-upgrade, and readers block no one.
+PostgreSQL's and InnoDB's defaults) before it returns, so the milter answers only for stored
+mail. SQLite runs in WAL mode; a writing transaction is BEGIN IMMEDIATE, so concurrent
+writers (the milter's worker threads) queue for up to SQLITE_BUSY_MS instead of failing on a
+lock upgrade, and readers block no one.
 Failure: every error is a StoreError naming the database (password hidden) and what failed;
 nothing of a failed put() is left behind. The caller answers TEMPFAIL.
 """
@@ -50,6 +59,7 @@ from pathlib import Path
 
 from sqlalchemy import (CHAR, REAL, Column, DateTime, Index, Integer, LargeBinary, MetaData, String, Table,
                         UniqueConstraint, and_, create_engine, delete, event, exists, func, insert, select, update)
+from sqlalchemy.dialects import mysql
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, IntegrityError, SQLAlchemyError
 
@@ -64,11 +74,33 @@ CONTENT_LETTER = {"VIRUS": "V", "BANNED": "B", "UNCHECKED": "U", "SPAM": "S", "S
 DS_LETTER = {"pass": "P", "reject": "R", "bounce": "B", "discard": "D", "tempfail": "T"}
 QUAR_TYPES = ("F", "Q", "H")
 
-def _key(*more: str) -> list[Column]:
-    """partition_tag, mail_id and `more` (integers): the primary key of amavis's per-message tables."""
+# MySQL and MariaDB (SQLAlchemy names their dialects apart): the types of amavis's
+# README.sql-mysql where the generic ones differ. Elsewhere these are the generic types.
+MYSQL = ("mysql", "mariadb")
+UNSIGNED = Integer().with_variant(mysql.INTEGER(unsigned=True), *MYSQL)
+ADDR_ID = Integer().with_variant(mysql.BIGINT(unsigned=True), *MYSQL)      # maddr.id, msgs.sid, msgrcpt.rid
+LEVEL = REAL().with_variant(mysql.FLOAT(), *MYSQL)           # REAL is DOUBLE there; amavis: float
+# XXX: amavis's MySQL time_iso is char(16) ("20231114T221320Z"), or TIMESTAMP with
+# $timestamp_fmt_mysql; we keep a real time type, as on PostgreSQL: DATETIME(6) holding UTC
+# (a TIMESTAMP would follow the session's time zone and end in 2038), microseconds kept.
+TIME_ISO = DateTime(timezone=True).with_variant(mysql.DATETIME(fsp=6), *MYSQL)
+# InnoDB for transactions; utf8mb4 since a server's default character set may be latin1.
+TABLE_OPTIONS = {f"{dialect}_{key}": value for dialect in MYSQL
+                 for key, value in (("engine", "InnoDB"), ("charset", "utf8mb4"))}
+
+
+def _bytes(length: int):
+    """Bytes (amavis: bytea); on MySQL VARBINARY(length) as in amavis's schema: a BLOB cannot
+    be part of a key or an index without a prefix length."""
+    return LargeBinary().with_variant(mysql.VARBINARY(length), *MYSQL)
+
+
+def _key(*more: str, kind=Integer) -> list[Column]:
+    """partition_tag, mail_id and `more` (integers of `kind`): the primary key of amavis's
+    per-message tables."""
     return [Column("partition_tag", Integer, primary_key=True, autoincrement=False, server_default="0"),
-            Column("mail_id", LargeBinary, primary_key=True),
-            *(Column(name, Integer, primary_key=True, autoincrement=False) for name in more)]
+            Column("mail_id", _bytes(16), primary_key=True),
+            *(Column(name, kind, primary_key=True, autoincrement=False) for name in more)]
 
 
 def _text(name: str, length: int = TEXT_MAX, **options) -> Column:
@@ -79,37 +111,40 @@ def _letter(name: str, **options) -> Column:
     return Column(name, CHAR(1), **options)
 
 
-def _number(name: str) -> Column:
-    return Column(name, Integer, nullable=False)
+def _number(name: str, kind=UNSIGNED) -> Column:
+    return Column(name, kind, nullable=False)
 
 
 metadata = MetaData()
 maddr = Table(
-    "maddr", metadata, Column("id", Integer, primary_key=True), Column("partition_tag", Integer, server_default="0"),
-    Column("email", LargeBinary, nullable=False), _text("domain", server_default=None, nullable=False),
-    UniqueConstraint("partition_tag", "email", name="part_email"))
+    "maddr", metadata, Column("id", ADDR_ID, primary_key=True), Column("partition_tag", Integer, server_default="0"),
+    Column("email", _bytes(255), nullable=False), _text("domain", server_default=None, nullable=False),
+    UniqueConstraint("partition_tag", "email", name="part_email"), **TABLE_OPTIONS)
 msgs = Table(
-    "msgs", metadata, *_key(), Column("secret_id", LargeBinary, server_default=""),
+    "msgs", metadata, *_key(), Column("secret_id", _bytes(16), server_default=""),
     _text("am_id", 20, server_default=None, nullable=False), _number("time_num"),
-    Column("time_iso", DateTime(timezone=True), nullable=False), _number("sid"), _text("policy"),
+    Column("time_iso", TIME_ISO, nullable=False), _number("sid", ADDR_ID), _text("policy"),
     _text("client_addr"), _number("size"), _letter("originating", nullable=False, server_default=" "),
-    _letter("content"), _letter("quar_type"), _text("quar_loc"), _letter("dsn_sent"), Column("spam_level", REAL),
+    _letter("content"), _letter("quar_type"), _text("quar_loc"), _letter("dsn_sent"), Column("spam_level", LEVEL),
     _text("message_id"), _text("from_addr"), _text("subject"), _text("host", server_default=None, nullable=False),
     Index("msgs_idx_sid", "sid"), Index("msgs_idx_mess_id", "message_id"),
-    Index("msgs_idx_time_iso", "time_iso"), Index("msgs_idx_time_num", "time_num"))
+    Index("msgs_idx_time_iso", "time_iso"), Index("msgs_idx_time_num", "time_num"), **TABLE_OPTIONS)
 msgrcpt = Table(
-    "msgrcpt", metadata, *_key("rseqnum"), _number("rid"), _letter("is_local", nullable=False, server_default=" "),
-    _letter("content", nullable=False, server_default=" "), _letter("ds", nullable=False),
+    "msgrcpt", metadata, *_key("rseqnum"), _number("rid", ADDR_ID),
+    _letter("is_local", nullable=False, server_default=" "), _letter("content", nullable=False, server_default=" "),
+    _letter("ds", nullable=False),
     _letter("rs", nullable=False), _letter("bl", server_default=" "), _letter("wl", server_default=" "),
-    Column("bspam_level", REAL), _text("smtp_resp"),
-    Index("msgrcpt_idx_mail_id", "mail_id"), Index("msgrcpt_idx_rid", "rid"))
-quarantine = Table(
-    "quarantine", metadata, *_key("chunk_ind"), Column("mail_text", LargeBinary, nullable=False))
+    Column("bspam_level", LEVEL), _text("smtp_resp"),
+    Index("msgrcpt_idx_mail_id", "mail_id"), Index("msgrcpt_idx_rid", "rid"), **TABLE_OPTIONS)
+quarantine = Table(   # mail_text: a BLOB on MySQL (up to 64 KiB, CHUNK is 16)
+    "quarantine", metadata, *_key("chunk_ind", kind=UNSIGNED), Column("mail_text", LargeBinary, nullable=False),
+    **TABLE_OPTIONS)
 pq = pymavis_quarantine = Table(
     "pymavis_quarantine", metadata, *_key("rseqnum"), _letter("quar_type", nullable=False),
     _text("quar_loc", nullable=False), _text("queue_id", 32, nullable=False), _text("category", 20, nullable=False),
     _text("reason", nullable=False), Column("released_time", Integer), _text("released_by", nullable=False),
-    _text("release_resp", nullable=False), Index("pymavis_quarantine_idx_mail_id", "mail_id"))
+    _text("release_resp", nullable=False), Index("pymavis_quarantine_idx_mail_id", "mail_id"),
+    **TABLE_OPTIONS)
 
 
 _INSERT = {table: insert(table) for table in (msgs, msgrcpt, quarantine, pq)}   # built once: executemany
@@ -221,8 +256,12 @@ class Database:
                     raise StoreError(f"{self.where}: cannot create {parsed.database}: {exc.strerror}") from None
         else:
             options["pool_pre_ping"] = True         # a restarted server costs one retry, not a failed put
-            if parsed.get_backend_name() == "postgresql":
+            if parsed.get_backend_name() in ("postgresql", *MYSQL):
                 options["connect_args"] = {"connect_timeout": max(1, math.ceil(connect_timeout_s))}
+            if parsed.get_backend_name() in MYSQL:
+                # PostgreSQL's default. InnoDB's REPEATABLE READ would keep _addr_ids from
+                # seeing the maddr row a concurrent put committed after our first SELECT.
+                options["isolation_level"] = "READ COMMITTED"
         try:
             self.engine = create_engine(parsed, **options)
         except (ArgumentError, ImportError) as exc:
@@ -494,15 +533,17 @@ def _sqlite_begin(conn) -> None:
 
 
 def _entry(m, rcpts: list) -> QEntry:
-    time_iso = m.time_iso if m.time_iso.tzinfo else m.time_iso.replace(tzinfo=timezone.utc)   # SQLite: naive UTC
+    # MySQL strips a CHAR's trailing spaces on reading: its rs ' ' (not released) comes back as ''.
+    time_iso = m.time_iso if m.time_iso.tzinfo else m.time_iso.replace(tzinfo=timezone.utc)   # SQLite, MySQL: naive
     return QEntry(
         mail_id=_text_id(m.mail_id), secret_id=_text_id(m.secret_id or b""), log_id=m.am_id, time=time_iso.timestamp(),
         sender=bytes(m.sender_email or b"").decode("utf-8", "surrogateescape"), size=m.size, content=m.content,
         rcpts=tuple(QRcpt(
             bytes(r.email).decode("utf-8", "surrogateescape"), r.is_local == "Y", r.content, r.ds,
             quar_type=r.kept_as or "", quar_loc=r.quar_loc or "", category=r.category or "", reason=r.reason or "",
-            smtp_resp=r.smtp_resp or "", bspam_level=_level(r.bspam_level), rs=r.rs, released_time=r.released_time,
-            released_by=r.released_by or "", release_resp=r.release_resp or "") for r in rcpts),
+            smtp_resp=r.smtp_resp or "", bspam_level=_level(r.bspam_level), rs=r.rs or " ",
+            released_time=r.released_time, released_by=r.released_by or "", release_resp=r.release_resp or "")
+            for r in rcpts),
         policy=m.policy or "", client_addr=m.client_addr or "", originating=m.originating == "Y",
         queue_id=next((r.queue_id for r in rcpts if r.kept_as), ""), spam_level=_level(m.spam_level),
         message_id=m.message_id or "", from_addr=m.from_addr or "", subject=m.subject or "",
