@@ -177,7 +177,7 @@ def virus_names(result) -> list[str]:
 
 
 def _from_result(result, spam) -> dict:
-    performed = [CHECK_LETTERS[r.name] for r in result.checks if r.name in CHECK_LETTERS and _performed(r)]
+    letters = [CHECK_LETTERS[r.name] for r in result.checks if r.name in CHECK_LETTERS and performed(r)]
     viruses = virus_names(result)
     verdict = spam.verdict if spam is not None else None
     levels = [j.level for j in spam.judgements if j.level is not None] if spam is not None else []
@@ -186,7 +186,7 @@ def _from_result(result, spam) -> dict:
     walk = scan._walk if scan is not None and scan.decoded else None   # never decodes here
     names = list(dict.fromkeys(p.name for p in walk.parts if p.name))[:MAX_NAMES] if walk is not None else []
     return {
-        "checks_performed": " ".join(sorted(performed, key="VSHBFPD".index)) or None,
+        "checks_performed": " ".join(sorted(letters, key="VSHBFPD".index)) or None,
         "virusnames": list(dict.fromkeys(viruses)),
         "tests": sorted(verdict.tests) if verdict is not None else [],
         "spam_score": round(score, 3) if score is not None else None,
@@ -195,7 +195,7 @@ def _from_result(result, spam) -> dict:
     }
 
 
-def _performed(r) -> bool:
+def performed(r) -> bool:
     """Whether a check did its work (a skipped one returns nothing and took no time)."""
     if r.could_not_check or r.tempfail:
         return False
@@ -291,7 +291,7 @@ def elapsed(txn, result, elapsed_ms: float) -> dict:
     the two scans) and Total (MAIL FROM to the answer)."""
     out = {"Receiving": max(0.0, txn.data_done - txn.started) if txn.data_done else 0.0}
     if result is not None:
-        ran = {r.name for r in result.checks if _performed(r)}
+        ran = {r.name for r in result.checks if performed(r)}
         if result.scan is None or result.scan.decoded:   # None: a result without its Scan (tests)
             ran.add("decode")
         for stage, ms in result.timings:
@@ -404,9 +404,7 @@ class _Headers:
     """The header fields by lower-cased name (one pass over them for all the event's fields)."""
 
     def __init__(self, txn):
-        self.by_name: dict[str, list[str]] = {}
-        for k, v in txn.headers:
-            self.by_name.setdefault(k.lower(), []).append(v)
+        self.by_name = txn.header_index
 
     def text(self, name: str) -> str | None:
         values = self.by_name.get(name.lower())

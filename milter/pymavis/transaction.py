@@ -18,6 +18,7 @@ import secrets
 import tempfile
 import time
 from dataclasses import dataclass, field
+from functools import cached_property
 
 def new_mail_id() -> str:
     """12 URL-safe characters (72 random bits), as amavis's mail_id; never a leading '-' (it
@@ -135,12 +136,19 @@ class Transaction:
     def macro(self, name: str) -> str | None:
         return dict(self.macros).get(name) or dict(self.conn.macros).get(name)
 
-    def header(self, name: str) -> str | None:
-        name = name.lower()
+    @cached_property
+    def header_index(self) -> dict[str, list[str]]:
+        """The header values by lower-cased field name, in order (built once, for the checks,
+        the SQL log and the JSON event alike)."""
+        index: dict[str, list[str]] = {}
         for key, value in self.headers:
-            if key.lower() == name:
-                return value.strip()
-        return None
+            index.setdefault(key.lower(), []).append(value)
+        return index
+
+    def header(self, name: str) -> str | None:
+        """The first field of this name, stripped; None when there is none."""
+        values = self.header_index.get(name.lower())
+        return values[0].strip() if values else None
 
 
 class TransactionBuilder:
