@@ -39,6 +39,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from . import __version__, events, keep, workpool
 from .log import log
+from .checks import decode_gates
 from .outcome import Action
 
 # Seconds; a message takes from about a millisecond (nothing to scan) to minutes (the scan
@@ -58,6 +59,9 @@ STATS_CATEGORIES = ("Clean", "Spam", "Spammy", "Virus", "Banned", "BadHdr", "Unc
 QUAR_CATEGORIES = ("Virus", "Banned", "Unchecked", "Spam", "BadHdr", "Oversized")   # what can be kept
 # amavisd-agent's OpsDecBy<Name> for our decoder names (decode.Walk.decoders); another name
 # (an archive's short type: zip, 7z, gz, ...) is capitalised: OpsDecByZip
+# a recipient's direction by (originating, local recipient)
+DIRECTIONS = {(False, True): "inbound", (False, False): "openrelay", (True, False): "outbound", (True, True): "internal"}
+DIRECTION_STATS_NAMES = {"inbound": "Inbound", "openrelay": "OpenRelay", "outbound": "Outbound", "internal": "Internal"}
 DECODER_STATS_NAMES = {"mime": "MimeParser", "mbox": "Mbox", "tnef": "Tnef", "uue": "Uue", "hqx": "Binhex"}
 
 
@@ -88,6 +92,17 @@ class Metrics:
                                   "its configured name and the outcome (virus: clean, infected, unchecked, "
                                   "over_limits, failed; spam: answered, failed)", ("kind", "scanner", "outcome"),
                                   buckets=STAGE_BUCKETS, registry=r)
+        self.directions = Counter("pymavis_messages_direction", "Messages by direction, as amavisd-agent counts "
+                                  "them: inbound (not originating, a local recipient), openrelay (not originating, "
+                                  "no local recipient), outbound (originating, a recipient elsewhere), internal "
+                                  "(originating, every recipient local)", ("direction",), registry=r)
+        self.recipient_directions = Counter("pymavis_recipients_direction", "Recipients by direction: inbound "
+                                            "(local, not originating), openrelay (elsewhere, not originating), "
+                                            "outbound (elsewhere, originating), internal (local, originating)",
+                                            ("direction",), registry=r)
+        self.checks_run = Counter("pymavis_checks_run", "Messages each check did its work for (virus: a scanner "
+                                  "answered; spam: a verdict, cached or from spamd; header, banned, auth: the "
+                                  "check ran), amavisd-agent's OpsVirusCheck, OpsSpamCheck", ("check",), registry=r)
         self.decoded = Counter("pymavis_decoded_messages", "Messages whose parts were walked (decoded)", registry=r)
         self.decoder_runs = Counter("pymavis_decoder_runs", "Times each decoder ran (mime: a message parsed; mbox, "
                                     "tnef, uue, hqx; an archive's short type: zip, 7z, gz, ...)", ("decoder",),
@@ -115,6 +130,7 @@ class Metrics:
                 self.recipients.labels(action, "MTA").inc()
             else:
                 self.recipients.labels(events.recipient_action(outcome, d), events.CONTENT_TYPE_NAMES[d.main]).inc()
+        self._count_direction(policy, txn)
         self.bytes.inc(txn.size)
         self.sizes.observe(txn.size)
         if outcome.quarantined:
@@ -129,6 +145,8 @@ class Metrics:
             self.stages.labels("receive").observe(max(0.0, txn.data_done - txn.started))
         if result is not None:
             for r in result.checks:
+                if r.name in events.CHECK_LETTERS and events.performed(r):
+                    self.checks_run.labels(r.name).inc()
                 for call in r.scanner_calls:
                     self.scanners.labels(call.kind, call.scanner, call.outcome).observe(call.elapsed_ms / 1000)
                 if r.could_not_check:
@@ -150,6 +168,18 @@ class Metrics:
             if names:
                 self._count_viruses(names)
         self.stages.labels("total").observe(elapsed_ms / 1000)
+
+    def _count_direction(self, policy, txn) -> None:
+        """amavisd-agent's InMsgs{Inbound,OpenRelay,Outbound,Internal} and InMsgsRecips* (a
+        message answered before a policy was chosen counts as inbound: it came from outside)."""
+        originating = bool(policy is not None and policy.originating)
+        local = [policy is None or policy.is_local(r.addr) for r in txn.rcpts]
+        for is_local in local:
+            self.recipient_directions.labels(DIRECTIONS[originating, is_local]).inc()
+        if originating:
+            self.directions.labels("internal" if local and all(local) else "outbound").inc()
+        else:
+            self.directions.labels("inbound" if any(local) or not local else "openrelay").inc()
 
     def _count_viruses(self, names) -> None:
         with self._viruses_lock:
@@ -180,12 +210,22 @@ class Metrics:
         put("InMsgsSize", sum(v for _, v in _totals(self.bytes)), None)
         for action, name in STATUS_NAMES.items():
             put(f"InMsgsStatus{name}", by_action.get(action, 0))
+        directions = {labels["direction"]: value for labels, value in _totals(self.directions)}
+        rcpt_directions = {labels["direction"]: value for labels, value in _totals(self.recipient_directions)}
+        put("InMsgsOriginating", directions.get("outbound", 0) + directions.get("internal", 0))
+        for key, name in DIRECTION_STATS_NAMES.items():
+            put(f"InMsgs{name}", directions.get(key, 0))
+        for key, name in DIRECTION_STATS_NAMES.items():
+            put(f"InMsgsRecips{name}", rcpt_directions.get(key, 0), "InMsgsRecips")
         for ccat in (*STATS_CATEGORIES, *sorted(set(by_ccat) - set(STATS_CATEGORIES))):
             put(f"Content{ccat}Msgs", by_ccat.get(ccat, 0))
         put("QuarMsgs", keep.COUNTS.kept)
         for ccat in (*QUAR_CATEGORIES, *sorted(set(quarantined) - set(QUAR_CATEGORIES))):
             put(f"Quar{ccat}Msgs", quarantined.get(ccat, 0))
         put("QuarFailedMsgs", keep.COUNTS.failed)
+        checks_run = {labels["check"]: value for labels, value in _totals(self.checks_run)}
+        put("OpsVirusCheck", checks_run.get("virus", 0))
+        put("OpsSpamCheck", checks_run.get("spam", 0))
         put("OpsDec", sum(v for _, v in _totals(self.decoded)))
         runs = {DECODER_STATS_NAMES.get(labels["decoder"], labels["decoder"][:1].upper() + labels["decoder"][1:]):
                 value for labels, value in _totals(self.decoder_runs)}
@@ -244,6 +284,15 @@ class _ReadAtScrape:
         yield waiting
         yield busy
         yield size
+        running = GaugeMetricFamily("pymavis_decode_running", "Message walks (decoding) running now (at most "
+                                    "decode.max_concurrent_walks)")
+        queued = GaugeMetricFamily("pymavis_decode_waiting", "Message walks waiting for the decode gate (walks "
+                                   "or memory budget taken)")
+        gates = decode_gates()
+        running.add_metric((), sum(g.counts()[0] for g in gates))
+        queued.add_metric((), sum(g.counts()[1] for g in gates))
+        yield running
+        yield queued
         q = CounterMetricFamily("pymavis_quarantine_stores", "Blocked messages kept before the answer, and "
                                 "keeps that failed (answered TEMPFAIL)", labels=("result",))
         q.add_metric(("kept",), keep.COUNTS.kept)

@@ -432,3 +432,88 @@ def test_worker_pool_gauges_read_when_scraped(served):
     with pytest.raises(RuntimeError):   # shut down: refused, and not counted as waiting
         pool.submit(lambda: None)
     assert pool.counts() == (0, 0, 1)
+
+
+@pytest.mark.parametrize("originating, rcpts, direction, rcpt_directions", [
+    (False, ("b@example.com",), "inbound", {"inbound": 1}),
+    (False, ("x@elsewhere.org",), "openrelay", {"openrelay": 1}),
+    (True, ("b@example.com", "x@elsewhere.org"), "outbound", {"internal": 1, "outbound": 1}),
+    (True, ("b@example.com", "c@example.com"), "internal", {"internal": 2}),
+])
+def test_messages_and_recipients_by_direction(tmp_path, originating, rcpts, direction, rcpt_directions):
+    """amavisd-agent's InMsgs{Inbound,OpenRelay,Outbound,Internal,Originating} and
+    InMsgsRecips* by the bank's `originating` and whether each recipient is local."""
+    m = metrics.Metrics()
+    config = config_from(tmp_path, "policy:\n  local_domains: [example.com]\n"
+                                   f"  originating: {'true' if originating else 'false'}\n")
+    policy = merge(config, ())
+    txn = txn_of(HEADERS, rcpts=rcpts)
+    try:
+        result = pipeline.process(config, policy, txn)
+        m.record(policy, txn, result, result.outcome, 5.0)
+    finally:
+        txn.spool.close()
+    c = m.stats()["counters"]
+    names = {"inbound": "Inbound", "openrelay": "OpenRelay", "outbound": "Outbound", "internal": "Internal"}
+    assert {k: c[f"InMsgs{n}"] for k, n in names.items()} == {k: int(k == direction) for k in names}
+    assert c["InMsgsOriginating"] == int(originating)
+    assert {k: c[f"InMsgsRecips{n}"] for k, n in names.items()} == {k: rcpt_directions.get(k, 0) for k in names}
+    assert m.stats()["bases"]["InMsgsRecipsInbound"] == "InMsgsRecips"
+
+
+def test_checks_run_are_counted_as_ops_virus_and_spam_check(tmp_path, served):
+    """OpsVirusCheck: a virus scanner answered; OpsSpamCheck: a spam verdict (cached ones
+    too); a check that could not do its work is an error, not an op."""
+    from pymavis.checks.spam import SpamView, Verdict
+    m, port, _, _ = served
+    config = config_from(tmp_path)
+    policy = merge(config, ())
+    txn = txn_of(HEADERS)
+    verdict = Verdict(score=1.0, required=5.0, tests=(), scanner="spamd", elapsed_ms=3.0)
+    try:
+        outcome = Outcome(Action.CONTINUE)
+        for checks in ((CheckResult("virus", scanned_by=("clamd",)), CheckResult("spam", spam=SpamView(verdict))),
+                       (CheckResult("virus", could_not_check="clamd: timed out"),
+                        CheckResult("spam", spam=SpamView(None, note="SPAM CHECK FAILED: refused"))),
+                       (CheckResult("virus", scanned_by=("clamd",)),)):
+            m.record(policy, txn, pipeline.Result(outcome, (), checks, ()), outcome, 5.0)
+    finally:
+        txn.spool.close()
+    c = m.stats()["counters"]
+    assert (c["OpsVirusCheck"], c["OpsSpamCheck"]) == (2, 1)
+    samples = scrape(port)
+    assert value(samples, "pymavis_checks_run_total", check="virus") == 2
+    assert value(samples, "pymavis_checks_run_total", check="spam") == 1
+    assert value(samples, "pymavis_check_errors_total", check="virus", reason="failed") == 1
+
+
+def test_decode_gate_gauges_read_when_scraped(served):
+    """pymavis_decode_running / _waiting: a walk admitted and one waiting behind it."""
+    from pymavis.checks import decode_gate
+    _, port, _, _ = served
+    gate = decode_gate(1, 1 << 20)   # a gate of its own numbers: no other test's walks
+    inside, release = threading.Event(), threading.Event()
+
+    def walk():
+        with gate.admit(100):
+            inside.set()
+            release.wait(30)
+
+    def waits():
+        with gate.admit(100):
+            pass
+
+    first, second = threading.Thread(target=walk), threading.Thread(target=waits)
+    try:
+        first.start()
+        assert inside.wait(10)
+        second.start()
+        wait_until(lambda: gate.counts() == (1, 1), 10, what="a second walk waiting")
+        samples = scrape(port)
+        assert value(samples, "pymavis_decode_running") >= 1
+        assert value(samples, "pymavis_decode_waiting") >= 1
+    finally:
+        release.set()
+        first.join(10)
+        second.join(10)
+    assert gate.counts() == (0, 0)

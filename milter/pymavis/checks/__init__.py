@@ -148,15 +148,24 @@ class DecodeGate:
 
     def __init__(self, walks: int, budget: int):
         self.walks, self.budget = walks, budget
-        self._running, self._bytes = 0, 0
+        self._running, self._bytes, self._waiting = 0, 0, 0
         self._cond = threading.Condition()
+
+    def counts(self) -> tuple[int, int]:
+        """(walks running, walks waiting to be admitted): metrics.py's gauges."""
+        with self._cond:
+            return self._running, self._waiting
 
     @contextmanager
     def admit(self, size: int):
         weight = min(size, self.budget)
         with self._cond:
-            self._cond.wait_for(lambda: self._running == 0 or (
-                self._running < self.walks and self._bytes + weight <= self.budget))
+            self._waiting += 1
+            try:
+                self._cond.wait_for(lambda: self._running == 0 or (
+                    self._running < self.walks and self._bytes + weight <= self.budget))
+            finally:
+                self._waiting -= 1
             self._running += 1
             self._bytes += weight
         try:
@@ -177,6 +186,12 @@ def decode_gate(walks: int, budget: int) -> DecodeGate:
     that keeps them keeps the gate)."""
     with _GATES_LOCK:
         return _GATES.setdefault((walks, budget), DecodeGate(walks, budget))
+
+
+def decode_gates() -> list[DecodeGate]:
+    """Every gate made (normally one; a reload that changes the numbers adds one)."""
+    with _GATES_LOCK:
+        return list(_GATES.values())
 
 
 def _registry():
