@@ -12,11 +12,15 @@ connections of the tests' milter protocol client, and reads the daemon's CPU fro
 before and after: the whole process, and per thread. The daemon's Python threads get OS
 names (a sitecustomize on its PYTHONPATH calls prctl(PR_SET_NAME) as each thread starts),
 so the event writer, the SQL writer and the worker pool show by name; libmilter's
-threads are C threads and share the main thread's name ("python"). The order of the
-variants rotates from round to round, so each runs early and late.
+threads are C threads and share the main thread's name ("python"; the snapshot is taken
+before the connections close, so their session threads are still there). The order of
+the variants rotates from round to round, so each runs early and late.
 
 Prints, per variant, the median over the rounds of CPU ms per message and its difference
-from "off", then the per-thread CPU of the last round. This is the in-daemon cost only;
+from "off", then the per-thread CPU and context switches of the last round. On a shared
+machine the CPU figures of one variant spread by 20% from round to round; the context
+switches (counts, from /proc/PID/task/TID/status) hardly move, and show the price of the
+GIL: each switch is a thread that had to wait for it, or was made to give it up. This is the in-daemon cost only;
 the observe profile of bench/run.py is the measurement with Postfix in front (throughput).
 Exit status 0, 1 when a message is not answered as expected.
 """
@@ -75,46 +79,70 @@ def process_cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
 
 
-def thread_cpu_s(pid: int) -> dict[tuple[str, str], float]:
-    """{(tid, name): utime + stime} of each live thread."""
+def thread_cpu_s(pid: int) -> dict[tuple[str, str], tuple[float, int]]:
+    """{(tid, name): (utime + stime, context switches)} of each live thread."""
     out = {}
     for tid in os.listdir(f"/proc/{pid}/task"):
         try:
             with open(f"/proc/{pid}/task/{tid}/stat") as fh:
                 data = fh.read()
+            with open(f"/proc/{pid}/task/{tid}/status") as fh:
+                status = fh.read()
         except FileNotFoundError:
             continue
         name = data[data.index("(") + 1:data.rindex(")")]
         fields = data.rpartition(")")[2].split()
-        out[(tid, name)] = (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+        switches = sum(int(m) for m in re.findall(r"(?m)^(?:non)?voluntary_ctxt_switches:\s*(\d+)", status))
+        out[(tid, name)] = ((int(fields[11]) + int(fields[12])) / CLOCK_TICKS, switches)
     return out
 
 
-def by_group(before: dict, after: dict) -> dict[str, float]:
-    """CPU seconds between two thread_cpu_s snapshots, summed per thread name without its number."""
-    groups: dict[str, float] = collections.Counter()
-    for key, cpu in after.items():
-        groups[re.sub(r"[-_]?\d+$", "", key[1])] += cpu - before.get(key, 0.0)
-    return groups
+def by_group(before: dict, after: dict) -> dict[str, tuple[float, int]]:
+    """(CPU seconds, context switches) between two thread_cpu_s snapshots, summed per thread
+    name without its number (a thread that ended in between is not in `after`: not counted)."""
+    groups: dict[str, list] = collections.defaultdict(lambda: [0.0, 0])
+    for key, (cpu, switches) in after.items():
+        cpu0, switches0 = before.get(key, (0.0, 0))
+        group = groups[re.sub(r"[-_]?\d+$", "", key[1])]
+        group[0] += cpu - cpu0
+        group[1] += switches - switches0
+    return {name: tuple(v) for name, v in groups.items()}
 
 
-def send(port: int, mix, order: list[int], first: int, threads: int) -> int:
-    """Send the messages of `order` from `threads` connections; the number not accepted."""
+def send(port: int, mix, order: list[int], first: int, threads: int, before_close=lambda: None) -> int:
+    """Send the messages of `order` from `threads` connections; the number not accepted.
+    `before_close` runs once every message is answered and before the connections close
+    (libmilter's session threads end with them: a snapshot taken then still sees them)."""
     bad = collections.Counter()
+    answered = threading.Barrier(threads + 1)
+    closing = threading.Event()
 
     def one_thread(k: int):
-        with MilterClient(LOOPBACK, port) as client:
-            for i in range(k, len(order), threads):
-                mail_from, rcpt, data = mix.message(order[i], first + i)
-                result = client.send_message(data, mail_from=mail_from, rcpts=[rcpt])
-                if result.action not in ("accept", "continue"):
-                    bad[result.action] += 1
+        try:
+            with MilterClient(LOOPBACK, port) as client:
+                for i in range(k, len(order), threads):
+                    mail_from, rcpt, data = mix.message(order[i], first + i)
+                    result = client.send_message(data, mail_from=mail_from, rcpts=[rcpt])
+                    if result.action not in ("accept", "continue"):
+                        bad[result.action] += 1
+                answered.wait(600)
+                closing.wait(600)
+        except threading.BrokenBarrierError:
+            pass
+        except Exception:
+            answered.abort()
+            raise
 
     workers = [threading.Thread(target=one_thread, args=(k,)) for k in range(threads)]
     for w in workers:
         w.start()
-    for w in workers:
-        w.join()
+    try:
+        answered.wait(600)
+        before_close()
+    finally:
+        closing.set()
+        for w in workers:
+            w.join()
     if bad:
         print(f"logging_cost: answers other than accept: {dict(bad)}", file=sys.stderr)
     return sum(bad.values())
@@ -158,11 +186,17 @@ def main(argv=None) -> int:
                     child, addr = daemons[name]
                     time.sleep(1.0)     # the writers' last batch of the previous phase is written
                     cpu0, threads0, t0 = process_cpu_s(child.pid), thread_cpu_s(child.pid), time.monotonic()
-                    bad += send(addr.port, mix, order, msg_no, args.threads)
-                    wall = time.monotonic() - t0
-                    time.sleep(1.0)     # this phase's last batch
-                    cpu = process_cpu_s(child.pid) - cpu0
-                    threads_last[name] = by_group(threads0, thread_cpu_s(child.pid))
+                    after = {}
+
+                    def snapshot():
+                        after["wall"] = time.monotonic() - t0
+                        time.sleep(1.0)     # this phase's last batch
+                        after["cpu"] = process_cpu_s(child.pid) - cpu0
+                        after["threads"] = thread_cpu_s(child.pid)
+
+                    bad += send(addr.port, mix, order, msg_no, args.threads, before_close=snapshot)
+                    wall, cpu = after["wall"], after["cpu"]
+                    threads_last[name] = by_group(threads0, after["threads"])
                     msg_no += args.messages
                     per_msg[name].append(cpu * 1000 / args.messages)
                     print(f"round {rnd + 1} {name:8} {cpu * 1000 / args.messages:6.3f} ms CPU/msg, "
@@ -177,12 +211,14 @@ def main(argv=None) -> int:
         med = statistics.median(per_msg[name])
         print(f"  {name:8} {med:6.3f} ms  ({med - base:+.3f} vs off)  rounds: "
               + " ".join(f"{v:.3f}" for v in per_msg[name]))
-    print("\nper thread, last round, ms CPU per message:")
     groups = sorted({g for t in threads_last.values() for g in t})
-    print("  " + " " * 16 + "".join(f"{n:>9}" for n in names))
-    for g in groups:
-        print(f"  {g[:16]:16}" + "".join(f"{threads_last[n].get(g, 0.0) * 1000 / args.messages:9.3f}"
-                                       for n in names))
+    for title, k, scale, spec in (("ms CPU per message", 0, 1000, "{:9.3f}"),
+                                  ("context switches per message (voluntary + not)", 1, 1, "{:9.1f}")):
+        print(f"\nper thread, last round, {title}:")
+        print("  " + " " * 16 + "".join(f"{n:>9}" for n in names))
+        for g in groups:
+            print(f"  {g[:16]:16}" + "".join(spec.format(threads_last[n].get(g, (0.0, 0))[k] * scale / args.messages)
+                                           for n in names))
     return 1 if bad else 0
 
 
