@@ -40,7 +40,8 @@ Durability: put() is one transaction, committed (fsynced: SQLite synchronous=FUL
 PostgreSQL's and InnoDB's defaults) before it returns, so the milter answers only for stored
 mail. SQLite runs in WAL mode; a writing transaction is BEGIN IMMEDIATE, so concurrent
 writers (the milter's worker threads) queue for up to SQLITE_BUSY_MS instead of failing on a
-lock upgrade, and readers block no one.
+lock upgrade, and readers block no one. A batch of entries (put_many, the SQL log's) is one
+INSERT of many rows per table there (_RowsInsert), not an executemany.
 Failure: every error is a StoreError naming the database (password hidden) and what failed;
 nothing of a failed put() is left behind. The caller answers TEMPFAIL.
 """
@@ -266,9 +267,11 @@ class Database:
             self.engine = create_engine(parsed, **options)
         except (ArgumentError, ImportError) as exc:
             raise StoreError(f"{self.where}: cannot use this database: {exc}") from None
+        self._rows_inserts: dict[Table, _RowsInsert] = {}
         if parsed.get_backend_name() == "sqlite":
             event.listen(self.engine, "connect", _sqlite_connect)
             event.listen(self.engine, "begin", _sqlite_begin)
+            self._rows_inserts = {table: _RowsInsert(table, self.engine.dialect) for table in (msgs, msgrcpt, pq)}
         self._reader = self.engine.execution_options(pymavis_read_only=True)
 
     @contextmanager
@@ -354,18 +357,27 @@ class Database:
                         released_time=r.released_time, released_by=_fit(r.released_by),
                         release_resp=_fit(r.release_resp)))
         try:
-            conn.execute(_INSERT[msgs], msg_rows)
+            self._insert(conn, msgs, msg_rows)
         except IntegrityError:
             which = entries[0].mail_id if len(entries) == 1 else "of this batch"
             raise StoreError(f"{self.where}: mail_id {which} is already stored") from None
-        conn.execute(_INSERT[msgrcpt], rcpt_rows)
+        self._insert(conn, msgrcpt, rcpt_rows)
         if kept_rows:
-            conn.execute(_INSERT[pq], kept_rows)
+            self._insert(conn, pq, kept_rows)
         if source is not None:
             mail_id = _id(entries[0].mail_id)
             for n, block in enumerate(_blocks(source), 1):
                 conn.execute(_INSERT[quarantine], dict(partition_tag=tag, mail_id=mail_id, chunk_ind=n,
                                                        mail_text=block))
+
+    def _insert(self, conn, table: Table, rows: list[dict]) -> None:
+        """`rows` into `table`: on SQLite, many rows in one INSERT (_RowsInsert); elsewhere
+        one executemany (psycopg pipelines it, PyMySQL rewrites it into one INSERT)."""
+        many = self._rows_inserts.get(table)
+        if many is not None and len(rows) > 1:
+            many.execute(conn, rows)
+        else:
+            conn.execute(_INSERT[table], rows)
 
     def _addr_ids(self, conn, addrs: list[str]) -> dict[str, int]:
         """maddr ids, created where missing: the known ones in one SELECT, the new ones one at a
@@ -515,6 +527,55 @@ def _blocks(source):
     yield source.read(CHUNK)
     while block := source.read(CHUNK):
         yield block
+
+
+class _RowsInsert:
+    """INSERT INTO t (columns) VALUES (...), (...), ...: many rows in one statement, for
+    SQLite, where an executemany steps the statement once per row and Python's sqlite3
+    lets go of the GIL for each step (the SQL log's batches: ~2.5 thread switches per
+    message in the milter, and SQLAlchemy's per-row parameter handling on top). Values go
+    through the dialect's own bind processors (DateTime's storage format), so the rows are
+    what conn.execute(insert(t), rows) stores; the statement text is built once per row
+    count and column set. At most MAX_PARAMS values per statement (SQLite >= 3.32)."""
+
+    MAX_PARAMS = 32766
+
+    def __init__(self, table: Table, dialect):
+        self.table, self.dialect = table, dialect
+        self._processors: dict[str, object] = {}
+        for column in table.columns:
+            self._processors[column.name] = column.type.dialect_impl(dialect).bind_processor(dialect)
+        self._texts: dict[tuple, str] = {}
+
+    def _text(self, names: tuple[str, ...], count: int) -> str:
+        key = (names, count)
+        text = self._texts.get(key)
+        if text is None:
+            quote = self.dialect.identifier_preparer.quote
+            one = "(" + ", ".join("?" * len(names)) + ")"
+            text = (f"INSERT INTO {quote(self.table.name)} ({', '.join(quote(n) for n in names)}) VALUES "
+                    + ", ".join([one] * count))
+            if len(self._texts) > 64:
+                self._texts.clear()
+            self._texts[key] = text
+        return text
+
+    def execute(self, conn, rows: list[dict]) -> None:
+        names = tuple(rows[0])
+        processors = [(i, self._processors[n]) for i, n in enumerate(names) if self._processors[n] is not None]
+        step = max(1, self.MAX_PARAMS // len(names))
+        for start in range(0, len(rows), step):
+            chunk = rows[start:start + step]
+            values = []
+            for row in chunk:
+                if tuple(row) != names:
+                    raise ValueError(f"{self.table.name}: rows of one batch with different columns")
+                one = list(row.values())
+                for i, process in processors:
+                    if one[i] is not None:
+                        one[i] = process(one[i])
+                values.extend(one)
+            conn.exec_driver_sql(self._text(names, len(chunk)), tuple(values))
 
 
 def _sqlite_connect(dbapi_conn, _record) -> None:

@@ -6,6 +6,7 @@ The behaviour tests take a `db` fixture (a fresh, created Database); the Postgre
 against a real server with their own `db`.
 """
 
+import dataclasses
 import io
 import sqlite3
 import threading
@@ -234,6 +235,27 @@ def test_clock_time_round_trips_to_the_microsecond(db):
     assert abs(db.entry("AbCdEf012345").time - now) < 1e-6
 
 
+def batch_of(n: int = 3) -> list[QEntry]:
+    """Entries as the SQL log writes them (no message bytes, so no 'Q' copies), each different."""
+    out = []
+    for k in range(n):
+        e = entry(f"Batch{k:07d}", when=1_700_000_000.25 + k * 3600.5, sender=f"s{k}@example.org",
+                  spam_level=None if k == 1 else 5.3 + k, subject=("Grüße", "", "ok " * 80)[k % 3].strip(),
+                  originating=bool(k % 2))
+        out.append(dataclasses.replace(e, rcpts=tuple(r for r in e.rcpts if r.quar_type != "Q")))
+    return out
+
+
+def test_put_many_reads_back_as_each_entry(db):
+    batch = batch_of()
+    db.put_many(batch)
+    assert [db.entry(e.mail_id) for e in batch] == batch
+    assert count(db, sqlstore.msgrcpt) == 3 * len(batch)
+    with pytest.raises(StoreError, match="already stored"):   # all or nothing
+        db.put_many([batch_of(4)[3], batch[0]])
+    assert count(db, sqlstore.msgs) == len(batch)
+
+
 BEHAVIOURS = [name for name in dict(globals()) if name.startswith("test_")]
 
 
@@ -257,6 +279,36 @@ def test_readers_do_not_wait_for_a_writer(db, tmp_path):
             assert fh.read() == RAW
     finally:
         writer.close()
+
+
+def test_put_many_stores_the_rows_single_puts_store(tmp_path):
+    """SQLite's one INSERT of many rows (sqlstore._RowsInsert) stores the same values,
+    in the same storage formats, as one conn.execute(insert(t), rows) per entry."""
+    one, many = Database(f"sqlite:///{tmp_path}/one.db"), Database(f"sqlite:///{tmp_path}/many.db")
+    batch = batch_of(5)
+    try:
+        for database in (one, many):
+            database.create()
+        for e in batch:
+            one.put(e)
+        many.put_many(batch)
+    finally:
+        one.close()
+        many.close()
+
+    def rows(path, table, id_column):
+        columns = [c.name for c in table.columns if c.name != id_column]
+        with sqlite3.connect(path) as conn:
+            return sorted(conn.execute(f"SELECT {', '.join('t.' + c for c in columns)}, a.email FROM {table.name} t "
+                                       f"JOIN maddr a ON a.id = t.{id_column}").fetchall())
+
+    for table, id_column in ((sqlstore.msgs, "sid"), (sqlstore.msgrcpt, "rid")):
+        assert rows(tmp_path / "many.db", table, id_column) == rows(tmp_path / "one.db", table, id_column)
+    with sqlite3.connect(tmp_path / "many.db") as conn:
+        kept = conn.execute("SELECT * FROM pymavis_quarantine ORDER BY mail_id, rseqnum").fetchall()
+    with sqlite3.connect(tmp_path / "one.db") as conn:
+        assert kept == conn.execute("SELECT * FROM pymavis_quarantine ORDER BY mail_id, rseqnum").fetchall()
+    assert len(kept) == 2 * len(batch)
 
 
 def test_unusable_database_path_is_named(tmp_path):
