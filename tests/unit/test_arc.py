@@ -338,7 +338,7 @@ def test_the_sealing_key_loads_relative_to_the_config_file(tmp_path):
 @pytest.mark.parametrize("entry, error", [
     ("{selector: arc, key_file: keys/k2048.pem}", "pymavis.yaml:3: arc_sealing: arc_sealing needs 'domain'"),
     ("{domain: example.net, key_file: keys/k2048.pem}", "a signing key needs 'selector'"),
-    ("{domain: example.net, selector: arc, key_file: keys/none.pem}", "pymavis.yaml:3: arc_sealing: cannot read "),
+    ("{domain: example.net, selector: arc, key_file: keys/none.pem}", "pymavis.yaml:3: arc_sealing.key_file: cannot read "),
     ("{domain: example.net, selector: arc, key_file: keys/ed.key}", "not a PEM RSA private key"),
     ("{domain: example.net, selector: arc, key_file: keys/ed.key, algorithm: ed25519-sha256}",
      "expected one of rsa-sha256"),

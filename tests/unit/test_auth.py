@@ -724,7 +724,7 @@ def test_dns_settings_and_errors(tmp_path):
     assert config["dns"] == {"resolver": (("127.0.0.1", 5353), ("::1", 53)), "timeout_s": 2.0, "deadline_s": 20.0}
     assert config["authserv_id"] is None
     for text, error in (
-            ("dns: {resolver: ns.example.com}\n", "pymavis.yaml:2: dns: 'ns.example.com': a name server is given by its IP address"),
+            ("dns: {resolver: ns.example.com}\n", "pymavis.yaml:2: dns.resolver: 'ns.example.com': a name server is given by its IP address"),
             ("dns: {timeuot_s: 2}\n", "pymavis.yaml:2: dns: unknown key 'timeuot_s' (did you mean 'timeout_s'?)"),
             ("authserv_id: 'a b'\n", "pymavis.yaml:2: authserv_id: 'a b' is not a valid authserv-id"),
             ("policy: {dkim_min_key_bits: -1}\n", "pymavis.yaml:2: dkim_min_key_bits: must be at least 0")):

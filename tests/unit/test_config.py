@@ -51,7 +51,7 @@ CASES = [
     ("unknown-top-key", "milterr: {}\n", "p.yaml:1: unknown key 'milterr' (did you mean 'milter'?)"),
     ("bad-enum", "policy:\n  final_spam_destiny: rejekt\n", "p.yaml:2: final_spam_destiny: expected one of"),
     ("enum-hint", "policy:\n  final_spam_destiny: rejekt\n", "did you mean 'reject'?"),
-    ("bad-int", "milter:\n  workers: many\n", "p.yaml:2: milter: expected a whole number"),
+    ("bad-int", "milter:\n  workers: many\n", "p.yaml:2: milter.workers: expected a whole number"),
     ("milter-subkey", "milter:\n  sockett: x\n", "p.yaml:2: milter: unknown key 'sockett' (did you mean 'socket'?)"),
     ("bool-type", "policy:\n  originating: 'yes'\n", "p.yaml:2: originating: expected true or false"),
     ("dup-key", "policy:\n  originating: true\n  originating: false\n", "p.yaml:3: duplicate key 'originating'"),
@@ -104,15 +104,32 @@ def test_relative_lookup_files_resolve_against_the_config(confdir):
 
 
 @pytest.mark.parametrize("text, message", [
-    ("spam_scanners:\n  - {name: s, sockt: unix:/x}\n", ":2: spam_scanners: unknown key 'sockt' (did you mean 'socket'?)"),
-    ("spam_scanners:\n  - {name: s}\n", ":2: spam_scanners: a spam scanner needs 'socket'"),
-    ("spam_scanners:\n  - {name: s, socket: 'tcp:1'}\n", ":2: spam_scanners: spamd socket 'tcp:1': expected "),
-    ("spam_scanners:\n  - {name: s, socket: 'unix:/x', user: 'a b'}\n", ":2: spam_scanners: spamd user 'a b'"),
-    ("resubmit: {socket: 'unix:/x'}\n", ":1: resubmit: 'unix:/x': the re-submission listener is reached over TCP"),
-    ("policy:\n  spam_kill_level: {'@example.com': lots}\n", ":2: spam_kill_level: bad value 'lots'"),
+    ("spam_scanners:\n  - {name: s, sockt: unix:/x}\n", ":2: spam_scanners[0]: unknown key 'sockt' (did you mean 'socket'?)"),
+    ("spam_scanners:\n  - {name: s}\n", ":2: spam_scanners[0]: a spam scanner needs 'socket'"),
+    ("spam_scanners:\n  - {name: s, socket: 'tcp:1'}\n", ":2: spam_scanners[0].socket: spamd socket 'tcp:1': expected "),
+    ("spam_scanners:\n  - {name: s, socket: 'unix:/x', user: 'a b'}\n", ":2: spam_scanners[0].user: spamd user 'a b'"),
+    ("resubmit: {socket: 'unix:/x'}\n", ":1: resubmit.socket: 'unix:/x': the re-submission listener is reached over TCP"),
+    ("policy:\n  spam_kill_level: {'@example.com': lots}\n", ":2: spam_kill_level['@example.com']: bad value 'lots'"),
     ("policy:\n  spam_kill_level: 6.9\n  sa_mail_body_size_action: cut\n", ":3: sa_mail_body_size_action: "
                                                                              "expected one of truncate, skip"),
 ])
 def test_spam_setting_errors_name_file_line_and_key(confdir, text, message):
     errs = errors_of(write(confdir, "p.yaml", text))
     assert len(errs) == 1 and message in errs[0], errs
+
+
+def test_switch_interval_is_the_interpreters(confdir):
+    """milter.switch_interval_ms -> sys.setswitchinterval, at start and at each reload; out
+    of range is a configuration error naming the key."""
+    import sys
+    from pymavis import adapter
+    assert load(write(confdir, "d.yaml", "{}\n")).settings["milter"]["switch_interval_ms"] == 20
+    before = sys.getswitchinterval()
+    try:
+        adapter.set_switch_interval(load(write(confdir, "p.yaml", "milter:\n  switch_interval_ms: 7\n"))
+                                    .settings["milter"])
+        assert sys.getswitchinterval() == pytest.approx(0.007)
+    finally:
+        sys.setswitchinterval(before)
+    (error,) = errors_of(write(confdir, "bad.yaml", "milter:\n  switch_interval_ms: 0\n"))
+    assert "bad.yaml:2" in str(error) and "switch_interval_ms" in str(error)

@@ -116,8 +116,8 @@ def test_signing_keys_load_relative_to_the_config_file(tmp_path):
 
 
 @pytest.mark.parametrize("entry, error", [
-    ("example.com: {selector: k, key_file: keys/none.pem}", "pymavis.yaml:4: dkim_signing_keys: cannot read "),
-    ("example.com: {selector: k, key_file: keys/ed.key}", "pymavis.yaml:4: dkim_signing_keys: "),
+    ("example.com: {selector: k, key_file: keys/none.pem}", "pymavis.yaml:4: dkim_signing_keys['example.com'].key_file: cannot read "),
+    ("example.com: {selector: k, key_file: keys/ed.key}", "pymavis.yaml:4: dkim_signing_keys['example.com'].key_file: "),
     ("example.com: {key_file: keys/k2048.pem}", "a signing key needs 'selector'"),
     ("example.com: {selector: k, key_file: keys/k2048.pem, algoritm: rsa-sha256}", "did you mean 'algorithm'?"),
     ("example.com: {selector: k, key_file: keys/k2048.pem, algorithm: rsa-sha1}", "expected one of rsa-sha256"),

@@ -405,10 +405,10 @@ def test_timing_level(tmp_path, caplog, level, logged):
 
 
 @pytest.mark.parametrize("text, message", [
-    ("event_log:\n  target: files\n", "event_log: expected one of none, file, stdout, syslog, got 'files' "
+    ("event_log:\n  target: files\n", "event_log.target: expected one of none, file, stdout, syslog, got 'files' "
                                       "(did you mean 'file'?)"),
-    ("event_log:\n  redact: {adresses: true}\n", "event_log: unknown key 'adresses' (did you mean 'addresses'?)"),
-    ("log:\n  timing_level: loud\n", "log: expected one of debug, info, notice, warning, error, got 'loud'"),
+    ("event_log:\n  redact: {adresses: true}\n", "event_log.redact: unknown key 'adresses' (did you mean 'addresses'?)"),
+    ("log:\n  timing_level: loud\n", "log.timing_level: expected one of debug, info, notice, warning, error, got 'loud'"),
 ], ids=["target", "redact-key", "timing-level"])
 def test_event_settings_errors(tmp_path, text, message):
     with pytest.raises(ConfigError) as err:

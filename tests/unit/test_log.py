@@ -45,8 +45,8 @@ def test_amavis_log_levels_map_to_our_names(tmp_path, value, name):
 
 
 @pytest.mark.parametrize("text, message", [
-    ("level: 6", "log: expected amavis's log_level 0-5 or one of debug, info, notice, warning, error, got 6"),
-    ("level: true", "log: expected one of debug, info, notice, warning, error or 0-5, got a boolean"),
+    ("level: 6", "log.level: expected amavis's log_level 0-5 or one of debug, info, notice, warning, error, got 6"),
+    ("level: true", "log.level: expected one of debug, info, notice, warning, error or 0-5, got a boolean"),
     ("level: infp", "(did you mean 'info'?)"),
     ("syslog_facility: mial", "(did you mean 'mail'?)"),
 ])

@@ -164,7 +164,7 @@ def test_no_endpoint_by_default_and_a_busy_port_is_logged(tmp_path, caplog):
 
 
 @pytest.mark.parametrize("text, message", [
-    ('listen: "0.0.0.0:9911"', "metrics: 0.0.0.0 is not a loopback address: metrics are not authenticated; set "
+    ('listen: "0.0.0.0:9911"', "metrics.listen: 0.0.0.0 is not a loopback address: metrics are not authenticated; set "
                                "allow_non_loopback: true to serve them beyond this host"),
     ('listen: "192.0.2.7:9911"', "192.0.2.7 is not a loopback address"),
     ('listen: "metrics.example:9911"', "the host must be an IP address"),

@@ -70,8 +70,16 @@ def _convert_settings(src, mapping, path, schema, ctx, errors, what) -> dict:
         try:
             out[key] = setting.type.convert(value, ctx)
         except SettingError as exc:
-            errors.add(src, path + (key,) + exc.path, f"{key}: {exc}")
+            errors.add(src, path + (key,) + exc.path, f"{_dotted(key, exc)}: {exc}")
     return out
+
+
+def _dotted(key: str, exc: SettingError) -> str:
+    """The setting an error is about: `milter.workers`, `av_scanners[0].socket` (an unknown
+    key is named by its message, so the name stops at the mapping that holds it)."""
+    parts = exc.path[:-1] if str(exc).startswith("unknown key") else exc.path
+    return key + "".join(f"[{p}]" if isinstance(p, int) else f".{p}" if str(p).isidentifier() else f"[{p!r}]"
+                         for p in parts)
 
 
 def _policy_defaults(ctx) -> dict:

@@ -292,6 +292,7 @@ _MILTER_SETTINGS = {
     "spool_memory_bytes": Int(minimum=0),
     "scan_deadline_s": Float(minimum=1),
     "shutdown_grace_s": Float(minimum=0),
+    "switch_interval_ms": Float(minimum=0.1, maximum=1000),
 }
 MILTER_DEFAULTS = {
     "socket": "inet:127.0.0.1:8899",
@@ -303,6 +304,7 @@ MILTER_DEFAULTS = {
     "spool_memory_bytes": 102400,  # larger messages spill to a temp file
     "scan_deadline_s": 240,  # below Postfix's milter_content_timeout (300 s)
     "shutdown_grace_s": 30,  # how long SIGTERM waits for messages in flight
+    "switch_interval_ms": 20,  # sys.setswitchinterval: how long a thread keeps the GIL when others wait
 }
 class LogLevel(Enum):
     """A level name, or amavisd-new's $log_level 0-5 (log.AMAVIS_LEVELS) -> the level name."""

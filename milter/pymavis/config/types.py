@@ -97,12 +97,15 @@ class Int(Type):
 @dataclass(frozen=True)
 class Float(Type):
     minimum: float | None = None
+    maximum: float | None = None
 
     def convert(self, value, ctx):
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise SettingError(f"expected a number, got {_type_name(value)} {value!r}")
         if self.minimum is not None and value < self.minimum:
             raise SettingError(f"must be at least {self.minimum}, got {value}")
+        if self.maximum is not None and value > self.maximum:
+            raise SettingError(f"must be at most {self.maximum}, got {value}")
         return float(value)
 
     def describe(self):
