@@ -38,8 +38,8 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Proc
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from . import __version__, events, keep, workpool
-from .log import log
 from .checks import decode_gates
+from .log import log
 from .outcome import Action
 
 # Seconds; a message takes from about a millisecond (nothing to scan) to minutes (the scan
@@ -57,11 +57,13 @@ STATUS_NAMES = {"pass": "Accepted", "hold": "Held", "reject": "Rejected", "disca
 # the Content*Msgs and Quar*Msgs that stats always shows (amavisd-agent's), in its order
 STATS_CATEGORIES = ("Clean", "Spam", "Spammy", "Virus", "Banned", "BadHdr", "Unchecked", "Oversized")
 QUAR_CATEGORIES = ("Virus", "Banned", "Unchecked", "Spam", "BadHdr", "Oversized")   # what can be kept
+# a recipient's direction by (originating, local recipient), and its amavisd-agent name part
+DIRECTIONS = {(False, True): "inbound", (False, False): "openrelay", (True, False): "outbound",
+              (True, True): "internal"}
+DIRECTION_STATS_NAMES = {"inbound": "Inbound", "openrelay": "OpenRelay", "outbound": "Outbound",
+                         "internal": "Internal"}
 # amavisd-agent's OpsDecBy<Name> for our decoder names (decode.Walk.decoders); another name
 # (an archive's short type: zip, 7z, gz, ...) is capitalised: OpsDecByZip
-# a recipient's direction by (originating, local recipient)
-DIRECTIONS = {(False, True): "inbound", (False, False): "openrelay", (True, False): "outbound", (True, True): "internal"}
-DIRECTION_STATS_NAMES = {"inbound": "Inbound", "openrelay": "OpenRelay", "outbound": "Outbound", "internal": "Internal"}
 DECODER_STATS_NAMES = {"mime": "MimeParser", "mbox": "Mbox", "tnef": "Tnef", "uue": "Uue", "hqx": "Binhex"}
 
 
