@@ -573,8 +573,9 @@ def set_switch_interval(milter_settings) -> None:
     running Python keeps the GIL while others wait for it (Python's default 5 ms). The
     milter's Python is GIL-bound (libmilter's session threads, the workers, the log
     writers: ~21 thread switches per message in the workers, bench/logging_cost.py); 20 ms
-    means fewer forced hand-overs: measured -4% CPU per message with logging off, -7% with
-    full logging, +5% throughput, the same median latency (docs/benchmarks.md, 2026-12-04).
+    means fewer forced hand-overs: in one observe run of 10 repetitions -4% CPU per message
+    with logging off, -7% with full logging, +5% throughput, the same median latency
+    (docs/benchmarks.md, 2026-12-04).
     A thread that blocks or calls C code that lets go of the GIL (sockets, libmagic,
     libarchive, hashing, SQLite) hands it over at once, whatever the interval."""
     sys.setswitchinterval(milter_settings["switch_interval_ms"] / 1000)
