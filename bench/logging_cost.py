@@ -46,8 +46,6 @@ import sender  # noqa: E402
 from harness.milterclient import MilterClient  # noqa: E402
 from harness.net import LOOPBACK, free_port  # noqa: E402
 
-CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
-
 SITECUSTOMIZE = '''\
 import ctypes, threading
 _prctl = ctypes.CDLL(None, use_errno=True).prctl
@@ -73,12 +71,6 @@ def variants() -> dict[str, tuple[dict, dict]]:
     }
 
 
-def process_cpu_s(pid: int) -> float:
-    with open(f"/proc/{pid}/stat") as fh:
-        fields = fh.read().rpartition(")")[2].split()
-    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
-
-
 def thread_cpu_s(pid: int) -> dict[tuple[str, str], tuple[float, int]]:
     """{(tid, name): (utime + stime, context switches)} of each live thread."""
     out = {}
@@ -93,7 +85,7 @@ def thread_cpu_s(pid: int) -> dict[tuple[str, str], tuple[float, int]]:
         name = data[data.index("(") + 1:data.rindex(")")]
         fields = data.rpartition(")")[2].split()
         switches = sum(int(m) for m in re.findall(r"(?m)^(?:non)?voluntary_ctxt_switches:\s*(\d+)", status))
-        out[(tid, name)] = ((int(fields[11]) + int(fields[12])) / CLOCK_TICKS, switches)
+        out[(tid, name)] = ((int(fields[11]) + int(fields[12])) / run.CLK_TCK, switches)
     return out
 
 
@@ -185,13 +177,13 @@ def main(argv=None) -> int:
                 for name in names[rnd % len(names):] + names[:rnd % len(names)]:
                     child, addr = daemons[name]
                     time.sleep(1.0)     # the writers' last batch of the previous phase is written
-                    cpu0, threads0, t0 = process_cpu_s(child.pid), thread_cpu_s(child.pid), time.monotonic()
+                    cpu0, threads0, t0 = run.proc_cpu_s(child.pid), thread_cpu_s(child.pid), time.monotonic()
                     after = {}
 
                     def snapshot():
                         after["wall"] = time.monotonic() - t0
                         time.sleep(1.0)     # this phase's last batch
-                        after["cpu"] = process_cpu_s(child.pid) - cpu0
+                        after["cpu"] = run.proc_cpu_s(child.pid) - cpu0
                         after["threads"] = thread_cpu_s(child.pid)
 
                     bad += send(addr.port, mix, order, msg_no, args.threads, before_close=snapshot)

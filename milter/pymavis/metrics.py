@@ -287,7 +287,7 @@ class _ReadAtScrape:
         yield busy
         yield size
         running = GaugeMetricFamily("pymavis_decode_running", "Message walks (decoding) running now (at most "
-                                    "decode.max_concurrent_walks)")
+                                    "milter.decode_workers)")
         queued = GaugeMetricFamily("pymavis_decode_waiting", "Message walks waiting for the decode gate (walks "
                                    "or memory budget taken)")
         gates = decode_gates()
