@@ -51,6 +51,7 @@ import sys
 import threading
 import time
 
+from .addresses import plain_addresses
 from .categories import CONTENT_TYPE_NAMES, Ccat
 from .decode.mime import decode_bytes, decode_words
 from .log import log
@@ -373,26 +374,12 @@ def clean_text(value: str, limit: int = MAX_TEXT, *, words: bool = True) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-_DOT_ATOM = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(?:\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*"
-_PLAIN_ADDR = rf"{_DOT_ATOM}@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*"
-# One item of an address list in the forms nearly all mail uses: `addr`, `<addr>`, `Name
-# <addr>` with a name free of quotes, comments, groups, brackets and `@`.
-_PLAIN_ITEM = re.compile(rf"\s*(?:[^<>@,\"()\\:;\[\]]*<({_PLAIN_ADDR})>|({_PLAIN_ADDR}))\s*")
-
-
 def address_list(values: list[str]) -> list[str]:
     """The addresses of address-list header values, as email.utils.getaddresses finds
-    them (which is the reference: anything but the plain forms goes through it; the plain
-    ones are parsed by a regex, ~20 times faster). Empty addresses are left out."""
-    items = ", ".join(values).split(",")
-    found = []
-    for item in items:
-        m = _PLAIN_ITEM.fullmatch(item)
-        if m:
-            found.append(m.group(1) or m.group(2))
-        elif item.strip():
-            break
-    else:
+    them (the plain forms through pymavis.addresses, the rest through getaddresses).
+    Empty addresses are left out."""
+    found = plain_addresses(", ".join(values))
+    if found is not None:
         return found
     try:
         return [addr for _, addr in email.utils.getaddresses(values) if addr]

@@ -60,6 +60,7 @@ from dataclasses import dataclass
 from email import errors as email_errors
 from email.headerregistry import HeaderRegistry
 
+from pymavis.addresses import plain_addresses
 from pymavis.categories import Ccat, Finding
 
 from . import CheckResult
@@ -250,6 +251,8 @@ def _check_value(name: str, key: str, lines, out: _Collector):
 def _address_error(key: str, name: str, value: str) -> str | None:
     if not value:
         return "no address" if key in MAILBOX_REQUIRED else None
+    if plain_addresses(value) is not None:
+        return None     # the registry finds no defect in these forms (pymavis.addresses)
     try:
         header = _registry(name, value)
     except (email_errors.HeaderParseError, ValueError, IndexError, TypeError, AttributeError,
