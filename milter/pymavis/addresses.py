@@ -1,10 +1,11 @@
 """Address lists in the forms nearly all mail uses, read by a regex.
 
-`addr`, `<addr>` and `Name <addr>` (a name free of quotes, comments, groups, brackets and
-`@`), with addr a dot-atom at a dot-separated domain. email.utils.getaddresses and the
-header registry are the references for everything else; for these forms they find the
-same addresses and report no defect, at ~20 times the cost. The JSON events read From and
-To through this, and the bad-header check skips its parse for a list that is plain.
+`addr`, `<addr>` and `Name <addr>` (a name free of quotes, comments, groups, brackets, `@`
+and encoded words, below), with addr a dot-atom at a dot-separated domain.
+email.utils.getaddresses and the header registry are the references for everything else;
+for these forms they find the same addresses and report no defect, at ~20 times the cost.
+The JSON events read From and To through this, and the bad-header check skips its parse
+for a list that is plain.
 """
 
 from __future__ import annotations
@@ -13,7 +14,12 @@ import re
 
 _DOT_ATOM = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(?:\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*"
 _PLAIN_ADDR = rf"{_DOT_ATOM}@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*"
-_PLAIN_ITEM = re.compile(rf"\s*(?:[^<>@,\"()\\:;\[\]]*<({_PLAIN_ADDR})>|({_PLAIN_ADDR}))\s*")
+# The name: Python 3.11's header registry raises on a name that begins with "." (a phrase
+# begins with a word) or ends in "." just before "<", on some broken encoded words ("=?"),
+# on CR or LF and on lone high surrogates, and the bad-header check reports that as a syntax
+# error, so a name with any of them is not plain.
+_NAME = r"(?:(?!=\?)[^<>@,\"()\\:;\[\].\s\ud800-\udbff](?:(?!=\?)[^<>@,\"()\\:;\[\]\r\n\ud800-\udbff])*)?"
+_PLAIN_ITEM = re.compile(rf"[ \t]*(?:{_NAME}(?<!\.)<({_PLAIN_ADDR})>|({_PLAIN_ADDR}))[ \t]*")
 
 
 def plain_addresses(value: str) -> list[str] | None:

@@ -3,6 +3,7 @@ the addresses email.utils.getaddresses finds and no defect the bad-header check 
 
 import email.utils
 import os
+import random
 
 import pytest
 
@@ -16,7 +17,11 @@ from pymavis.checks import headers
     ("a@b.example", ["a@b.example"]),
     ("<a@b.example>", ["a@b.example"]),
     ("John Q. Public <jqp@example.com>, d@e.example", ["jqp@example.com", "d@e.example"]),
-    ("=?utf-8?q?J=C3=B6rg?= <j@x.example>", ["j@x.example"]),
+    ("J\u00f6rg \u00c5str\u00f6m <j@x.example>", ["j@x.example"]),
+    ("=?utf-8?q?J=C3=B6rg?= <j@x.example>", None),       # encoded words: the registry decodes them
+    (".x <a@b.example>", None),                          # the registry fails on these three
+    ("Z.<a@b.example>", None),
+    ("a\rb <a@b.example>", None),
     ("a@b.example,, c@d.example,", ["a@b.example", "c@d.example"]),
     (",", []),
     ('"Quoted, Name" <a@b.example>', None),
@@ -65,3 +70,30 @@ def test_corpus_plain_lists_match_the_references(monkeypatch):
     for name, value in plain:
         assert plain_addresses(value) == [a for _, a in email.utils.getaddresses([value]) if a], value
         assert events.address_list([value]) == plain_addresses(value)
+
+
+_NAME_CHARS = list("abcXYZ 09.!#$%&'*+/=?^_`{|}~-\t") + [
+    "\u00e9", "\x01", "\x00", "\x7f", "=?", "?=", "=?utf-8?q?", "=?utf-8?b?", "\u2028", "\x85",
+    "\r", "\n", "\ud800", "\udce9", "\u00a0", ". ", ".<"]
+
+
+def test_crafted_plain_lists_match_the_references(monkeypatch):
+    """Random names and addresses (seeded): whatever the fast path calls plain, the registry
+    finds no error in and getaddresses reads alike."""
+    rng = random.Random(7)
+    checked = 0
+    for _ in range(6000):
+        name = "".join(rng.choice(_NAME_CHARS) for _ in range(rng.randrange(0, 14)))
+        addr = rng.choice(["a", "a.b", "a+b", "{x}", "a'b"]) + "@" + rng.choice(["b.example", "b", "1.2.3.4", "b-.example"])
+        value = f"{name}<{addr}>" if rng.random() < 0.8 else f" {addr}"
+        if rng.random() < 0.2:
+            value += rng.choice([", ", ",", " ,"]) + addr
+        found = plain_addresses(value)
+        if found is None:
+            continue
+        checked += 1
+        with monkeypatch.context() as m:
+            m.setattr(headers, "plain_addresses", lambda value: None)
+            assert headers._address_error("to", "To", value) is None, repr(value)
+        assert found == [a for _, a in email.utils.getaddresses([value]) if a], repr(value)
+    assert checked > 2000
