@@ -15,16 +15,20 @@ import re
 _DOT_ATOM = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(?:\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*"
 _PLAIN_ADDR = rf"{_DOT_ATOM}@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*"
 # The name: Python 3.11's header registry raises on a name that begins with "." (a phrase
-# begins with a word) or ends in "." just before "<", on some broken encoded words ("=?"),
-# on CR or LF and on lone high surrogates, and the bad-header check reports that as a syntax
-# error, so a name with any of them is not plain.
-_NAME = r"(?:(?!=\?)[^<>@,\"()\\:;\[\].\s\ud800-\udbff](?:(?!=\?)[^<>@,\"()\\:;\[\]\r\n\ud800-\udbff])*)?"
+# begins with a word) or ends in "." just before "<", on CR or LF and on lone high
+# surrogates, and the bad-header check reports that as a syntax error, so a name with any of
+# them is not plain. Nor is a list with an encoded word ("=?"; plain_addresses): the registry
+# decodes those, and fails on some broken ones.
+_NAME = r"(?:[^<>@,\"()\\:;\[\].\s\ud800-\udbff][^<>@,\"()\\:;\[\]\r\n\ud800-\udbff]*)?"
 _PLAIN_ITEM = re.compile(rf"[ \t]*(?:{_NAME}(?<!\.)<({_PLAIN_ADDR})>|({_PLAIN_ADDR}))[ \t]*")
 
 
 def plain_addresses(value: str) -> list[str] | None:
     """The addresses of an address list whose items are all plain (empty items are
-    skipped, as the references do); None as soon as one item is not."""
+    skipped, as the references do); None as soon as one item is not, or when the list
+    holds an encoded word."""
+    if "=?" in value:
+        return None
     found = []
     for item in value.split(","):
         m = _PLAIN_ITEM.fullmatch(item)
